@@ -1,0 +1,66 @@
+"""The `interaction-jax` command: `interaction-jax <command> [flags]`.
+
+Commands available now: `config` (print the resolved config) and `plan` (parameter and memory
+plan from shapes). Every command shares the config flags: --preset, --config, --mesh, --set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from absl import app, flags
+
+from interaction_jax import config as config_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("preset", "tiny", f"config preset: {', '.join(config_lib.PRESETS)}")
+flags.DEFINE_string("config", None, "YAML file of config keys applied on top of the preset")
+flags.DEFINE_string("mesh", None, "mesh config YAML (mesh_configs/*.yaml); default: the preset's")
+flags.DEFINE_multi_string("set", [], "override a config key: --set model.d_model=256 (repeatable)")
+flags.DEFINE_integer("num_devices", None, "plan: device count (default: what the mesh config implies)")
+
+
+def resolve_config() -> config_lib.Config:
+    """The config the flags describe: preset, then --config YAML, then --mesh, then --set overrides."""
+    cfg = config_lib.preset(FLAGS.preset)
+    if FLAGS.config:
+        cfg = config_lib.load_yaml(FLAGS.config, cfg)
+    if FLAGS.mesh:
+        cfg = dataclasses.replace(cfg, mesh=config_lib.load_mesh(FLAGS.mesh))
+    return config_lib.validate(config_lib.override(cfg, FLAGS.set))
+
+
+def cmd_config(argv: list[str]) -> None:
+    print(config_lib.dump_yaml(resolve_config()), end="")
+
+
+def cmd_plan(argv: list[str]) -> None:
+    from interaction_jax import plan
+
+    cfg = resolve_config()
+    num_devices = FLAGS.num_devices or plan.default_device_count(cfg.mesh)
+    if num_devices is None:
+        raise app.UsageError(f"mesh {cfg.mesh.name} has a -1 axis: give --num_devices")
+    print(plan.make_plan(cfg, num_devices).table())
+
+
+COMMANDS = {"config": cmd_config, "plan": cmd_plan}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"usage: interaction-jax <command> [flags]; commands: {', '.join(COMMANDS)}")
+    try:
+        COMMANDS[argv[1]](argv[2:])
+    except config_lib.ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

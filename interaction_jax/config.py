@@ -1,0 +1,512 @@
+"""The configuration tree: frozen dataclasses, presets, YAML files, `a.b=c` overrides, validation.
+
+Everything that shapes a compiled program lives here, so a config fully determines a run. Configs are
+immutable: `override(cfg, ["model.d_model=256"])` and `dataclasses.replace` return new trees.
+`validate(cfg, num_devices)` runs before anything is traced and names the offending key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PATCH_SIZE = 40  # the hMLP stem (k=s 10 → 2 → 2) is built for 40×40 patches
+MESH_AXES = ("data", "fsdp", "seq", "tensor", "expert")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the key at fault and how to fix it."""
+
+    def __init__(self, key: str, problem: str, fix: str = ""):
+        self.key = key
+        message = f"{key}: {problem}"
+        if fix:
+            message += f" — fix: {fix}"
+        super().__init__(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+    """The micro-turn layout and the audio/video front end (DESIGN §4)."""
+
+    chunk_ms: int = 200
+    sample_rate: int = 16000
+    n_mels: int = 80
+    n_fft: int = 1024
+    win_ms: int = 50
+    hop_ms: int = 25
+    fmin: float = 80.0
+    fmax: float = 7600.0
+    dmel_levels: int = 16
+    dmel_min: float = -7.0
+    dmel_max: float = 2.0
+    stack: int = 2  # mel frames per audio token
+    text_in_slots: int = 4
+    text_out_slots: int = 4
+    video: bool = True
+    frame_height: int = 80
+    frame_width: int = 80
+    video_every: int = 5  # one frame every this many chunks (5 × 200 ms = 1 fps)
+    # Fixed affine normalisation of log10-mel for the flow head: maps [-7, 2] to about [-2, 2].
+    mel_mean: float = -2.5
+    mel_std: float = 2.25
+
+    @property
+    def audio_slots(self) -> int:
+        """AUDIO_IN tokens per chunk, and AUDIO_OUT tokens per chunk."""
+        return self.chunk_ms // (self.hop_ms * self.stack)
+
+    @property
+    def patch_rows(self) -> int:
+        return self.frame_height // PATCH_SIZE
+
+    @property
+    def patch_cols(self) -> int:
+        return self.frame_width // PATCH_SIZE
+
+    @property
+    def patches_per_frame(self) -> int:
+        return self.patch_rows * self.patch_cols if self.video else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The early-fusion MoE decoder and its heads (DESIGN §5)."""
+
+    vocab_size: int = 384
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 32
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    n_experts: int = 4
+    top_k: int = 2
+    expert_mlp: int = 256
+    shared_expert_mlp: int = 0  # 0: no shared expert
+    dense_every: int = 0  # every n-th layer (n, 2n, …) is a dense SwiGLU instead of MoE; 0: none
+    dense_mlp: int = 512
+    moe_dispatch: Literal["dense", "ragged", "gather"] = "ragged"
+    normalize_topk: bool = True  # renormalise the k routing weights to sum to one
+    flow_hidden: int = 256
+    flow_blocks: int = 2
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay float32
+    remat: Literal["none", "block"] = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisSizes:
+    """Sizes of the mesh axes; -1 means "all the devices left" (at most one axis)."""
+
+    data: int = 1
+    fsdp: int = 1
+    seq: int = 1
+    tensor: int = 1
+    expert: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """A device mesh and the logical-axis rules that map names on tensors onto it (DESIGN §7)."""
+
+    name: str = "cpu-1"
+    device_kind: Literal["cpu", "gpu", "tpu"] = "cpu"
+    axes: AxisSizes = AxisSizes(data=-1)
+    dcn: AxisSizes = AxisSizes()  # multi-slice: how many slices along each axis
+    # (logical name, mesh axes) pairs; an empty tuple means replicated.
+    rules: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("act_batch", ("data", "fsdp", "expert")),
+        ("act_len", ("seq",)),
+        ("act_embed", ()),
+        ("act_heads", ("tensor",)),
+        ("act_kv_heads", ("tensor",)),
+        ("act_mlp", ("tensor",)),
+        ("act_exp", ("expert",)),
+        ("act_vocab", ("tensor",)),
+        ("cache_batch", ("data", "fsdp", "expert")),
+        ("cache_len", ()),
+        ("vocab", ("tensor",)),
+        ("embed", ("fsdp",)),
+        ("heads", ("tensor",)),
+        ("kv_heads", ("tensor",)),
+        ("head_dim", ()),
+        ("mlp", ("tensor",)),
+        ("exp", ("expert",)),
+        ("exp_mlp", ("tensor",)),
+    )
+
+    def rule(self, logical: str) -> tuple[str, ...]:
+        for name, mesh_axes in self.rules:
+            if name == logical:
+                return mesh_axes
+        return ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 8
+    window_chunks: int = 10
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    pad_weight: float = 0.1  # weight of PAD targets in the text cross-entropy
+    flow_weight: float = 1.0
+    load_balance_weight: float = 0.01
+    router_z_weight: float = 0.001
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    max_sessions: int = 4
+    max_len: int = 4096  # KV-cache slots per session (tokens)
+    temperature: float = 0.0  # 0: greedy text
+    top_p: float = 1.0
+    flow_temperature: float = 1.0
+    flow_steps: int = 8
+    idle_timeout_s: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelsConfig:
+    # `bitwise` needs the batch-invariant Pallas kernels, which are not in the project yet.
+    alignment: Literal["fast"] = "fast"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = ModelConfig()
+    stream: StreamConfig = StreamConfig()
+    mesh: MeshConfig = MeshConfig()
+    train: TrainConfig = TrainConfig()
+    serve: ServeConfig = ServeConfig()
+    kernels: KernelsConfig = KernelsConfig()
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+
+
+def _preset_tiny() -> Config:
+    return Config()
+
+
+def _preset_small() -> Config:  # one GPU, ~1B parameters in total
+    return Config(
+        model=ModelConfig(
+            d_model=1024, n_layers=16, n_heads=16, n_kv_heads=4, head_dim=64, n_experts=16,
+            top_k=2, expert_mlp=1024, shared_expert_mlp=1024, flow_hidden=1024, flow_blocks=3,
+            dtype="bfloat16",
+        ),
+        stream=StreamConfig(frame_height=160, frame_width=160),
+        mesh=MeshConfig(name="gpu-1", device_kind="gpu"),
+        train=TrainConfig(batch_size=16, window_chunks=50, learning_rate=6e-4),
+        serve=ServeConfig(max_sessions=32, max_len=16384),
+    )
+
+
+def _preset_base() -> Config:  # 8 GPUs or a small TPU slice
+    return Config(
+        model=ModelConfig(
+            d_model=2048, n_layers=24, n_heads=32, n_kv_heads=8, head_dim=64, n_experts=32,
+            top_k=4, expert_mlp=1408, shared_expert_mlp=2816, flow_hidden=2048, flow_blocks=4,
+            dtype="bfloat16", remat="block",
+        ),
+        stream=StreamConfig(frame_height=240, frame_width=320),
+        mesh=MeshConfig(name="gpu-8", device_kind="gpu"),
+        train=TrainConfig(batch_size=64, window_chunks=100, learning_rate=3e-4),
+        serve=ServeConfig(max_sessions=64, max_len=32768),
+    )
+
+
+def _preset_tml_small_shape() -> Config:  # 276B total / ~12B active: for planning, not training
+    return Config(
+        model=ModelConfig(
+            d_model=5120, n_layers=48, n_heads=40, n_kv_heads=8, head_dim=128, n_experts=256,
+            top_k=8, expert_mlp=1408, shared_expert_mlp=1536, flow_hidden=4096, flow_blocks=4,
+            dtype="bfloat16", remat="block",
+        ),
+        stream=StreamConfig(frame_height=360, frame_width=640),
+        mesh=MeshConfig(name="tpu-v5p-128", device_kind="tpu"),
+        train=TrainConfig(batch_size=256, window_chunks=150, learning_rate=1.5e-4),
+        serve=ServeConfig(max_sessions=128, max_len=65536),
+    )
+
+
+PRESETS = {
+    "tiny": _preset_tiny,
+    "small": _preset_small,
+    "base": _preset_base,
+    "tml-small-shape": _preset_tml_small_shape,
+}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError("preset", f"unknown preset {name!r}", f"use one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ----------------------------------------------------------------------------------------------
+# Dicts, YAML and overrides
+
+
+def to_dict(cfg: Any) -> Any:
+    """The config as plain dicts/lists/scalars (YAML-ready); rules become a mapping."""
+    if isinstance(cfg, MeshConfig):
+        out = {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        out["rules"] = {name: list(axes) for name, axes in cfg.rules}
+        return out
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, tuple):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the type `hint` and convert lists to tuples; raise ConfigError."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}", "give the sub-keys as a mapping")
+        return _from_dict(hint, value, key)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(key, f"{value!r} is not one of {list(choices)}", f"use one of {list(choices)}")
+        return value
+    if origin in (tuple,):
+        args = typing.get_args(hint)
+        if key.endswith("rules") and isinstance(value, dict):
+            value = [[name, axes] for name, axes in value.items()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {value!r}", "give a YAML list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(key, f"expected {len(args)} items, got {len(value)}", "")
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"{value!r} does not match {hint}", "")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true/false, got {value!r}", f"write {key}=true or {key}=false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}", f"write {key}=<integer>")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}", f"write {key}=<number>")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}", "")
+        return value
+    if value is None and hint is type(None):
+        return None
+    raise ConfigError(key, f"cannot check a value against {hint}", "")
+
+
+def _unknown_key(prefix: str, name: str, known: list[str]) -> ConfigError:
+    key = f"{prefix}{name}"
+    close = difflib.get_close_matches(name, known, n=1)
+    fix = f"did you mean {prefix}{close[0]}?" if close else f"known keys here: {', '.join(known)}"
+    return ConfigError(key, "unknown key", fix)
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any:
+    """Build dataclass `cls` from `data`, starting from `base` (or the class defaults)."""
+    hints = _field_types(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    base = base if base is not None else cls()
+    updates = {}
+    for name, value in data.items():
+        if name not in hints:
+            raise _unknown_key(f"{prefix}." if prefix else "", name, known)
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            updates[name] = _from_dict(hint, value, key, getattr(base, name))
+        else:
+            updates[name] = _coerce(key, value, hint)
+    return dataclasses.replace(base, **updates)
+
+
+def from_dict(data: dict, base: Config | None = None) -> Config:
+    return _from_dict(Config, data or {}, "", base if base is not None else Config())
+
+
+def load_yaml(path: str | Path, base: Config | None = None) -> Config:
+    """A config from a YAML file of (partial) keys, applied on top of `base` (a preset)."""
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if "preset" in data:
+        base = preset(data.pop("preset"))
+    return from_dict(data, base)
+
+
+def load_mesh(path: str | Path) -> MeshConfig:
+    """A mesh config from one of the `mesh_configs/*.yaml` files."""
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    return _from_dict(MeshConfig, data, "mesh", MeshConfig(rules=()))
+
+
+def override(cfg: Config, assignments: list[str]) -> Config:
+    """Apply `a.b=c` assignments; values are parsed as YAML scalars and type-checked."""
+    for assignment in assignments:
+        if "=" not in assignment:
+            raise ConfigError(assignment, "an override must look like a.b=c", f"write {assignment}=<value>")
+        key, raw = assignment.split("=", 1)
+        key = key.strip()
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        cfg = from_dict(nested, cfg)
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def resolve_axis_sizes(mesh: MeshConfig, num_devices: int) -> dict[str, int]:
+    """Axis sizes with -1 resolved against the device count (dcn sizes multiplied in)."""
+    sizes = {a: getattr(mesh.axes, a) * getattr(mesh.dcn, a) for a in MESH_AXES}
+    for a in MESH_AXES:
+        if getattr(mesh.axes, a) == 0 or getattr(mesh.axes, a) < -1:
+            raise ConfigError(f"mesh.axes.{a}", f"size {getattr(mesh.axes, a)} is invalid", "use a positive size or -1")
+        if getattr(mesh.dcn, a) < 1:
+            raise ConfigError(f"mesh.dcn.{a}", f"size {getattr(mesh.dcn, a)} is invalid", "use a positive size")
+    rest = [a for a in MESH_AXES if getattr(mesh.axes, a) == -1]
+    if len(rest) > 1:
+        raise ConfigError(f"mesh.axes.{rest[1]}", "only one axis may be -1", "give the others explicit sizes")
+    fixed = math.prod(abs(s) for a, s in sizes.items() if a not in rest)
+    if rest:
+        a = rest[0]
+        dcn = getattr(mesh.dcn, a)
+        if num_devices % (fixed * dcn):
+            raise ConfigError(
+                f"mesh.axes.{a}",
+                f"{num_devices} devices do not split into the fixed axes ({fixed}) × dcn ({dcn})",
+                "change the explicit axis sizes so they divide the device count",
+            )
+        sizes[a] = num_devices // fixed
+    total = math.prod(sizes.values())
+    if total != num_devices:
+        given = " × ".join(f"{a} {s}" for a, s in sizes.items() if s != 1) or "1"
+        raise ConfigError(
+            "mesh.axes",
+            f"the axes multiply to {total} ({given}) but there are {num_devices} devices",
+            f"make the sizes multiply to {num_devices}, or set one axis to -1, or pick another mesh config",
+        )
+    return sizes
+
+
+def _mesh_size(sizes: dict[str, int], axes: tuple[str, ...]) -> int:
+    return math.prod(sizes[a] for a in axes)
+
+
+def validate(cfg: Config, num_devices: int | None = None) -> Config:
+    """Raise ConfigError for the first problem found; return cfg unchanged when it is sound.
+
+    With `num_devices`, mesh-dependent checks run too (divisibility of heads, experts, vocab, batch).
+    """
+    for section in ("model", "stream", "train", "serve"):
+        sub = getattr(cfg, section)
+        for f in dataclasses.fields(sub):
+            value = getattr(sub, f.name)
+            allowed_zero = {"shared_expert_mlp", "dense_every", "warmup_steps", "weight_decay", "temperature",
+                            "pad_weight", "flow_weight", "load_balance_weight", "router_z_weight", "seed",
+                            "grad_clip", "fmin", "min_lr_ratio", "mel_mean"}
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if f.name in ("dmel_min", "mel_mean"):
+                    continue
+                if value < 0 or (value == 0 and f.name not in allowed_zero):
+                    raise ConfigError(f"{section}.{f.name}", f"must be positive, got {value}", "use a value > 0")
+    m, s, t = cfg.model, cfg.stream, cfg.train
+    if m.n_heads % m.n_kv_heads:
+        raise ConfigError("model.n_kv_heads", f"{m.n_heads} heads do not group into {m.n_kv_heads} kv heads",
+                          "choose n_kv_heads dividing n_heads")
+    if m.head_dim % 2:
+        raise ConfigError("model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}", "use an even size")
+    if m.top_k > m.n_experts:
+        raise ConfigError("model.top_k", f"top_k {m.top_k} exceeds n_experts {m.n_experts}",
+                          "set top_k <= n_experts")
+    from interaction_jax import tokenizer  # local: tokenizer imports nothing from here at module level
+
+    if m.vocab_size % 128 or m.vocab_size < tokenizer.NUM_IDS:
+        raise ConfigError("model.vocab_size", f"{m.vocab_size} must be a multiple of 128 and hold the "
+                          f"{tokenizer.NUM_IDS} tokenizer ids", "use 384")
+    if s.chunk_ms % (s.hop_ms * s.stack):
+        raise ConfigError("stream.chunk_ms", f"{s.chunk_ms} ms is not a multiple of hop_ms × stack = "
+                          f"{s.hop_ms * s.stack} ms", "pick chunk_ms as a multiple of hop_ms × stack")
+    if s.win_ms * s.sample_rate // 1000 > s.n_fft:
+        raise ConfigError("stream.n_fft", f"the {s.win_ms} ms window does not fit n_fft {s.n_fft}", "raise n_fft")
+    for name in ("frame_height", "frame_width"):
+        if getattr(s, name) % PATCH_SIZE:
+            raise ConfigError(f"stream.{name}", f"{getattr(s, name)} is not a multiple of the {PATCH_SIZE}-pixel "
+                              "patch", f"use a multiple of {PATCH_SIZE}")
+    if s.dmel_min >= s.dmel_max:
+        raise ConfigError("stream.dmel_max", "must exceed stream.dmel_min", "")
+    if s.fmax > s.sample_rate / 2 or s.fmin >= s.fmax:
+        raise ConfigError("stream.fmax", f"need fmin < fmax <= sample_rate/2, got {s.fmin}, {s.fmax}", "")
+    if s.video and t.window_chunks % s.video_every:
+        raise ConfigError("train.window_chunks", f"{t.window_chunks} chunks is not a multiple of "
+                          f"stream.video_every={s.video_every}, so windows would differ in length",
+                          "use a multiple of video_every")
+    if cfg.mesh.device_kind not in ("cpu", "gpu", "tpu"):
+        raise ConfigError("mesh.device_kind", f"unknown kind {cfg.mesh.device_kind!r}", "use cpu, gpu or tpu")
+    known_axes = set(MESH_AXES)
+    for name, axes in cfg.mesh.rules:
+        for a in axes:
+            if a not in known_axes:
+                raise ConfigError(f"mesh.rules.{name}", f"unknown mesh axis {a!r}", f"use axes of {MESH_AXES}")
+    if num_devices is not None:
+        sizes = resolve_axis_sizes(cfg.mesh, num_devices)
+        checks = [
+            ("heads", m.n_heads, "model.n_heads"),
+            ("kv_heads", m.n_kv_heads, "model.n_kv_heads"),
+            ("exp", m.n_experts, "model.n_experts"),
+            ("vocab", m.vocab_size, "model.vocab_size"),
+            ("embed", m.d_model, "model.d_model"),
+            ("mlp", m.dense_mlp, "model.dense_mlp"),
+            ("exp_mlp", m.expert_mlp, "model.expert_mlp"),
+            ("act_batch", t.batch_size, "train.batch_size"),
+        ]
+        for logical, value, key in checks:
+            axes = cfg.mesh.rule(logical)
+            n = _mesh_size(sizes, axes)
+            if value % n:
+                raise ConfigError(key, f"{value} is not divisible by the {n} devices of mesh axes {list(axes)} "
+                                  f"that logical axis '{logical}' is sharded over (mesh {cfg.mesh.name})",
+                                  f"make {key} a multiple of {n}, or change the mesh")
+    return cfg

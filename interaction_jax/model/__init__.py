@@ -1,0 +1,1 @@
+"""The early-fusion MoE decoder. Knows nothing of data, training or serving (DESIGN §2)."""

@@ -1,0 +1,339 @@
+"""The mixture-of-experts feed-forward: a float32 top-k router and dropless SwiGLU experts (DESIGN §5, §7).
+
+The maths lives in small pure functions over flattened tokens `x [N, D]`; `MoE` is a thin Linen module
+that owns the parameters and picks a dispatch:
+
+- `experts_dense`: every expert on every token, combined with routing weights that are zero for the
+  unselected experts. O(E) compute; the reference the others are tested against.
+- `experts_ragged`: sort the (token, slot) assignments by expert (stable), run grouped matmuls with
+  `jax.lax.ragged_dot` over the per-expert group sizes, unsort, weight and sum over the k slots.
+- `experts_gather`: gather each assignment's expert weights and einsum; cheap only for few tokens
+  (decoding), since it materialises `[N, k, D, F]` weights.
+
+All three are dropless: there is no capacity factor, every assignment is computed, including the case
+where every token picks the same expert. Expert matmuls run in the dtype of `x`; the k outputs are
+weighted and summed in float32 and the result is float32.
+
+Expert parallelism (`moe_dispatch='ragged'` on a mesh whose 'exp' axes have more than one device):
+see `experts_ragged_ep`, run inside `jax.shard_map`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from interaction_jax.config import ModelConfig
+from interaction_jax.model import layers
+from interaction_jax.model.layers import param
+
+# ----------------------------------------------------------------------------------------------
+# Router and auxiliary losses
+
+
+def route(router_logits: jax.Array, top_k: int, normalize: bool) -> tuple[jax.Array, jax.Array]:
+    """Top-k softmax routing in float32.
+
+    router_logits [N, E] → (weights [N, k] float32, expert_ids [N, k] int32), best expert first. With
+    `normalize` the k weights are renormalised to sum to one; otherwise they are the raw probabilities.
+    """
+    probs = jax.nn.softmax(router_logits.astype(jnp.float32), axis=-1)
+    weights, expert_ids = jax.lax.top_k(probs, top_k)
+    if normalize:
+        weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return weights, expert_ids.astype(jnp.int32)
+
+
+def load_balance_loss(router_probs: jax.Array, expert_ids: jax.Array, token_mask: jax.Array) -> jax.Array:
+    """Switch/GShard load balancing: E · Σ_e f_e · P_e over the valid tokens only.
+
+    f_e is the fraction of the valid (token, slot) assignments sent to expert e (so Σ f_e = 1 for any
+    k) and P_e the mean router probability of expert e over the valid tokens. Uniform routing gives 1;
+    routing everything to one expert gives up to E. Zero when no token is valid.
+    """
+    n_experts = router_probs.shape[-1]
+    mask = token_mask.astype(jnp.float32)
+    n_valid = jnp.maximum(jnp.sum(mask), 1.0)
+    one_hot = jax.nn.one_hot(expert_ids, n_experts, dtype=jnp.float32)  # [N, k, E]
+    counts = jnp.einsum("nke,n->e", one_hot, mask)
+    f = counts / (n_valid * expert_ids.shape[-1])
+    p = jnp.einsum("ne,n->e", router_probs.astype(jnp.float32), mask) / n_valid
+    return n_experts * jnp.sum(f * p)
+
+
+def router_z_loss(router_logits: jax.Array, token_mask: jax.Array) -> jax.Array:
+    """ST-MoE router z-loss: the mean over valid tokens of logsumexp(logits)²."""
+    mask = token_mask.astype(jnp.float32)
+    z = jax.nn.logsumexp(router_logits.astype(jnp.float32), axis=-1)
+    return jnp.sum(z * z * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Expert dispatches (x [N, D], weights/expert_ids [N, k], w_gate/w_up [E, D, F], w_down [E, F, D])
+
+
+def _combine(y: jax.Array, weights: jax.Array) -> jax.Array:
+    """Weight the per-slot outputs y [N, k, D] and sum over k, in float32."""
+    return jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights.astype(jnp.float32))
+
+
+def experts_dense(
+    x: jax.Array,
+    weights: jax.Array,
+    expert_ids: jax.Array,
+    w_gate: jax.Array,
+    w_up: jax.Array,
+    w_down: jax.Array,
+) -> jax.Array:
+    """Every expert on every token, combined with the routing weights (zero where unselected)."""
+    n_experts = w_gate.shape[0]
+    dt = x.dtype
+    combine = jnp.einsum(
+        "nke,nk->ne", jax.nn.one_hot(expert_ids, n_experts, dtype=jnp.float32), weights.astype(jnp.float32)
+    )
+    h = jax.nn.silu(jnp.einsum("nd,edf->enf", x, w_gate.astype(dt))) * jnp.einsum("nd,edf->enf", x, w_up.astype(dt))
+    y = jnp.einsum("enf,efd->end", h, w_down.astype(dt))
+    return jnp.einsum("end,ne->nd", y.astype(jnp.float32), combine)
+
+
+def _experts_ragged_local(
+    x: jax.Array,
+    weights: jax.Array,
+    expert_ids: jax.Array,
+    w_gate: jax.Array,
+    w_up: jax.Array,
+    w_down: jax.Array,
+    expert_offset: jax.Array | int,
+) -> jax.Array:
+    """The contributions of experts [offset, offset + E_local) only (E_local = w_gate.shape[0]).
+
+    Assignments are stably sorted by local expert id with every non-local assignment keyed E_local, so
+    they come last and fall outside Σ group_sizes; ragged_dot leaves those rows zero, and they are
+    masked anyway. Returns float32 [N, D].
+    """
+    n, k = expert_ids.shape
+    n_local = w_gate.shape[0]
+    dt = x.dtype
+    local = expert_ids.reshape(-1) - expert_offset
+    is_local = (local >= 0) & (local < n_local)
+    key = jnp.where(is_local, local, n_local).astype(jnp.int32)
+    # lax.sort, not jnp.argsort: on JAX 0.10.2 jnp.argsort drops the varying-manual-axes type inside
+    # shard_map, so the backward pass of `take(x, order)` would psum row cotangents in different orders.
+    iota = jnp.arange(key.shape[0], dtype=jnp.int32)
+    order = jax.lax.sort((key, iota), num_keys=1, is_stable=True)[1]
+    group_sizes = jnp.bincount(key, length=n_local + 1)[:n_local].astype(jnp.int32)
+    xs = jnp.take(x, order // k, axis=0)  # [N·k, D], grouped by expert
+    h = jax.nn.silu(jax.lax.ragged_dot(xs, w_gate.astype(dt), group_sizes)) * jax.lax.ragged_dot(
+        xs, w_up.astype(dt), group_sizes
+    )
+    ys = jax.lax.ragged_dot(h, w_down.astype(dt), group_sizes)
+    ys = jnp.where(jnp.take(is_local, order)[:, None], ys, jnp.zeros((), ys.dtype))
+    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+    y = jnp.take(ys, inverse, axis=0).reshape(n, k, -1)
+    return _combine(y, weights)
+
+
+def experts_ragged(
+    x: jax.Array,
+    weights: jax.Array,
+    expert_ids: jax.Array,
+    w_gate: jax.Array,
+    w_up: jax.Array,
+    w_down: jax.Array,
+) -> jax.Array:
+    """Sort assignments by expert, grouped matmuls with `jax.lax.ragged_dot`, unsort, weight, sum over k."""
+    return _experts_ragged_local(x, weights, expert_ids, w_gate, w_up, w_down, 0)
+
+
+def experts_gather(
+    x: jax.Array,
+    weights: jax.Array,
+    expert_ids: jax.Array,
+    w_gate: jax.Array,
+    w_up: jax.Array,
+    w_down: jax.Array,
+) -> jax.Array:
+    """Gather each assignment's expert weights ([N, k, D, F]) and einsum: for a handful of tokens."""
+    dt = x.dtype
+    wg = jnp.take(w_gate, expert_ids, axis=0).astype(dt)
+    wu = jnp.take(w_up, expert_ids, axis=0).astype(dt)
+    wd = jnp.take(w_down, expert_ids, axis=0).astype(dt)
+    h = jax.nn.silu(jnp.einsum("nd,nkdf->nkf", x, wg)) * jnp.einsum("nd,nkdf->nkf", x, wu)
+    y = jnp.einsum("nkf,nkfd->nkd", h, wd)
+    return _combine(y, weights)
+
+
+DISPATCHES = {"dense": experts_dense, "ragged": experts_ragged, "gather": experts_gather}
+
+
+# ----------------------------------------------------------------------------------------------
+# Expert parallelism
+
+
+def _mesh_axes(logical: str, mesh) -> tuple[str, ...]:
+    """The mesh axes the active logical rules map `logical` to, keeping only axes of `mesh`."""
+    spec = nn.logical_to_mesh_axes((logical,))
+    entry = spec[0] if spec is not None and len(spec) else None
+    if entry is None:
+        return ()
+    axes = (entry,) if isinstance(entry, str) else tuple(entry)
+    return tuple(a for a in axes if a in mesh.axis_names)
+
+
+def _dividing(axes: Sequence[str], mesh, size: int) -> tuple[str, ...]:
+    """The axes (in order) kept while their product still divides `size` (others replicate)."""
+    kept, prod = [], 1
+    for a in axes:
+        if size % (prod * mesh.shape[a]) == 0:
+            kept.append(a)
+            prod *= mesh.shape[a]
+    return tuple(kept)
+
+
+def _spec_entry(axes: tuple[str, ...]):
+    if not axes:
+        return None
+    return axes[0] if len(axes) == 1 else axes
+
+
+def expert_parallel_axes(n_experts: int) -> tuple[str, ...]:
+    """The mesh axes (size > 1) the 'exp' rule shards experts over under the current mesh; () if none.
+
+    Raises ValueError when the expert count does not divide by their size.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return ()
+    axes = tuple(a for a in _mesh_axes("exp", mesh) if mesh.shape[a] > 1)
+    ep = math.prod(mesh.shape[a] for a in axes)
+    if n_experts % ep:
+        raise ValueError(
+            f"model.n_experts={n_experts} is not divisible by the {ep} devices of mesh axes {list(axes)} "
+            "that the logical axis 'exp' is sharded over; make n_experts a multiple of it or change the mesh"
+        )
+    return axes
+
+
+def experts_ragged_ep(
+    x: jax.Array,
+    weights: jax.Array,
+    expert_ids: jax.Array,
+    w_gate: jax.Array,
+    w_up: jax.Array,
+    w_down: jax.Array,
+) -> jax.Array:
+    """The ragged dispatch with experts sharded over the mesh axes of the 'exp' rule (inside shard_map).
+
+    x [B, T, D], weights/expert_ids [B, T, k]; returns float32 [B, T, D]. Must run under a mesh
+    (`jax.set_mesh`) and logical axis rules. Specs come from the rules: tokens are split over the
+    'act_batch' (dim 0) and 'act_len' (dim 1) axes, experts over the 'exp' axes as contiguous blocks of
+    E/ep, and the expert hidden size over the 'exp_mlp' axes. Inside each shard:
+
+    1. tokens (and their weights and ids) are all-gathered (tiled) over every weight-sharding axis that
+       also splits tokens (e.g. 'expert' when it is part of the batch rule);
+    2. only the local experts' assignments are computed (`_experts_ragged_local`);
+    3. the partial outputs are summed over the weight-sharding axes: `psum_scatter` (tiled) over the
+       gathered ones, which hands each shard back its own tokens, `psum` over the rest (e.g. the
+       tensor axis splitting F in the down-projection).
+
+    Future work: a ragged all-to-all dispatch (`jax.lax.ragged_all_to_all`) sending each assignment
+    only to the shard owning its expert would replace the all-gather/reduce-scatter of all tokens
+    (traffic ∝ ep · tokens) by traffic ∝ k · tokens.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    b, t, d = x.shape
+    n_experts, _, f = w_gate.shape
+    ep_axes = expert_parallel_axes(n_experts)
+    mlp_axes = tuple(a for a in _dividing(_mesh_axes("exp_mlp", mesh), mesh, f) if a not in ep_axes)
+    used = set(ep_axes) | set(mlp_axes)
+    batch_axes = _dividing(_mesh_axes("act_batch", mesh), mesh, b)
+    len_axes = _dividing([a for a in _mesh_axes("act_len", mesh) if a not in batch_axes], mesh, t)
+    token_axes = batch_axes + len_axes
+    weight_axes = ep_axes + mlp_axes
+    gather_axes = tuple(a for a in token_axes if a in used)
+    sum_axes = tuple(a for a in weight_axes if a not in token_axes)
+    n_local = n_experts // math.prod(mesh.shape[a] for a in ep_axes)
+
+    tok_spec = jax.P(_spec_entry(batch_axes), _spec_entry(len_axes), None)
+    up_spec = jax.P(_spec_entry(ep_axes), None, _spec_entry(mlp_axes))
+    down_spec = jax.P(_spec_entry(ep_axes), _spec_entry(mlp_axes), None)
+
+    def local(x, weights, expert_ids, w_gate, w_up, w_down):
+        bl, tl, _ = x.shape
+        k = expert_ids.shape[-1]
+        x, weights, expert_ids = x.reshape(-1, d), weights.reshape(-1, k), expert_ids.reshape(-1, k)
+        if gather_axes:
+            x, weights, expert_ids = (jax.lax.all_gather(a, gather_axes, tiled=True) for a in (x, weights, expert_ids))
+        if sum_axes:  # replicated over these, but each shard uses x for its own experts / F slice
+            x = jax.lax.pcast(x, sum_axes, to="varying")
+        offset = jax.lax.axis_index(ep_axes) * n_local
+        y = _experts_ragged_local(x, weights, expert_ids, w_gate, w_up, w_down, offset)
+        if gather_axes:
+            y = jax.lax.psum_scatter(y, gather_axes, scatter_dimension=0, tiled=True)
+        if sum_axes:
+            y = jax.lax.psum(y, sum_axes)
+        return y.reshape(bl, tl, d)
+
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(tok_spec, tok_spec, tok_spec, up_spec, up_spec, down_spec),
+        out_specs=tok_spec,
+    )(x, weights, expert_ids, w_gate, w_up, w_down)
+
+
+# ----------------------------------------------------------------------------------------------
+# The module
+
+
+class MoE(nn.Module):
+    """Top-k routed SwiGLU experts (plus an optional shared expert).
+
+    `__call__(x [B, T, D], token_mask [B, T] bool) -> (y [B, T, D] in cfg.dtype, aux)` with
+    aux = {'load_balance': f32 scalar, 'router_z': f32 scalar}; masked tokens are computed but do not
+    count in the aux losses.
+    """
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, token_mask: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        cfg = self.cfg
+        b, t, d = x.shape
+        n_experts, f = cfg.n_experts, cfg.expert_mlp
+        if cfg.moe_dispatch not in DISPATCHES:
+            raise ValueError(f"model.moe_dispatch={cfg.moe_dispatch!r} is not one of {sorted(DISPATCHES)}")
+        dt = layers.compute_dtype(cfg.dtype)
+        act = ("act_batch", "act_len", "act_embed")
+        x = nn.with_logical_constraint(x, act)
+
+        router = param(self, "router", (d, n_experts), ("embed", None))
+        logits = jnp.einsum("btd,de->bte", x.astype(jnp.float32), router)
+        logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", None))
+        flat_logits = logits.reshape(b * t, n_experts)
+        flat_mask = token_mask.reshape(b * t)
+        weights, expert_ids = route(flat_logits, cfg.top_k, cfg.normalize_topk)
+        aux = {
+            "load_balance": load_balance_loss(jax.nn.softmax(flat_logits, axis=-1), expert_ids, flat_mask),
+            "router_z": router_z_loss(flat_logits, flat_mask),
+        }
+
+        w_gate = param(self, "w_gate", (n_experts, d, f), ("exp", "embed", "exp_mlp"))
+        w_up = param(self, "w_up", (n_experts, d, f), ("exp", "embed", "exp_mlp"))
+        w_down = param(self, "w_down", (n_experts, f, d), ("exp", "exp_mlp", "embed"))
+
+        xc = x.astype(dt)
+        if cfg.moe_dispatch == "ragged" and expert_parallel_axes(n_experts):
+            k = cfg.top_k
+            y = experts_ragged_ep(xc, weights.reshape(b, t, k), expert_ids.reshape(b, t, k), w_gate, w_up, w_down)
+        else:
+            y = DISPATCHES[cfg.moe_dispatch](xc.reshape(b * t, d), weights, expert_ids, w_gate, w_up, w_down)
+            y = y.reshape(b, t, d)
+        y = nn.with_logical_constraint(y, act)
+        if cfg.shared_expert_mlp > 0:
+            y = y + layers.MLP(hidden=cfg.shared_expert_mlp, dtype=cfg.dtype, name="shared")(xc).astype(jnp.float32)
+        return nn.with_logical_constraint(y.astype(dt), act), aux

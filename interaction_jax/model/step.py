@@ -1,0 +1,272 @@
+"""The one step function and what training and serving build on it (DESIGN §6).
+
+`step(params, cache, batch)` is the only forward pass. Training calls it once over a whole window
+with an empty cache (`loss_fn`); serving calls it for each input block and each output slot inside
+one jitted `microturn` per chunk. Both see the same code, so they can only differ numerically by
+the order of floating-point reductions (which the batch-invariant kernels will pin down).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from interaction_jax import stream, tokenizer
+from interaction_jax.config import PATCH_SIZE, Config
+from interaction_jax.model.cache import Cache, capacity, init_cache
+from interaction_jax.model.heads import euler_sample, flow_matching_loss, sample_text
+from interaction_jax.model.transformer import InteractionModel
+
+Kind = stream.Kind
+
+
+def build_model(cfg: Config) -> InteractionModel:
+    return InteractionModel(cfg.model, cfg.stream)
+
+
+def dummy_batch(cfg: Config, batch: int = 1, length: int = 1) -> dict[str, jax.Array]:
+    """A well-formed step batch of the given size (for `init` and shape inference)."""
+    s = cfg.stream
+    n_patches = max(s.patches_per_frame, 1)
+    return {
+        "kind": jnp.full((batch, length), Kind.TEXT_IN, jnp.int32),
+        "position": jnp.zeros((batch, length), jnp.int32),
+        "text": jnp.zeros((batch, length), jnp.int32),
+        "audio": jnp.zeros((batch, 1, s.stack, s.n_mels), jnp.uint8),
+        "audio_index": jnp.zeros((batch, 1), jnp.int32),
+        "patches": jnp.zeros((batch, n_patches, PATCH_SIZE, PATCH_SIZE, 3), jnp.uint8),
+        "patch_index": jnp.zeros((batch, n_patches), jnp.int32),
+        "patch_cell": jnp.zeros((batch, n_patches), jnp.int32),
+    }
+
+
+def init_variables(cfg: Config, rng: jax.Array) -> dict:
+    """Flax variables with logically partitioned (boxed) leaves; pass through `nn.unbox` for arrays.
+
+    Wrap this in `sharding.init_sharded` to create the parameters already sharded.
+    """
+    cache = init_cache(cfg.model, 1, 1)
+    slots = jnp.zeros((1, 1), jnp.int32)
+    return build_model(cfg).init(rng, dummy_batch(cfg), cache, slots, method=InteractionModel.init_all)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def init_params(cfg: Config, rng: jax.Array) -> dict:
+    """Unsharded float32 parameters (a plain pytree of arrays)."""
+    return nn.unbox(init_variables(cfg, rng))["params"]
+
+
+def token_slots(kind: jax.Array, length: jax.Array, cap: int) -> jax.Array:
+    """Cache slot of each token: written tokens take the next free slots in order; an empty (PAD-kind)
+    token gets slot `cap`, which is never written and never attended to."""
+    valid = kind != Kind.PAD
+    return jnp.where(valid, length[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, cap)
+
+
+def step(params: dict, cache: Cache, batch: dict, *, cfg: Config) -> tuple[jax.Array, Cache, dict]:
+    """Run the transformer over `batch` (T tokens per row) after everything already in `cache`.
+
+    Returns the float32 hidden states [B, T, D], the cache with the batch's keys/values written and
+    `length` advanced by each row's non-empty tokens, and the MoE aux losses of this call.
+    Tokens past the cache's capacity are not written (callers check `length` against capacity).
+    """
+    slots = token_slots(batch["kind"], cache["length"], capacity(cache))
+    hidden, layers, aux = build_model(cfg).apply({"params": params}, batch, cache, slots)
+    written = jnp.sum(batch["kind"] != Kind.PAD, axis=1, dtype=jnp.int32)
+    return hidden, {"layers": layers, "length": cache["length"] + written, "chunk": cache["chunk"]}, aux
+
+
+def text_logits(params: dict, hidden: jax.Array, *, cfg: Config) -> jax.Array:
+    """Float32 logits over the vocabulary; the padded tail beyond the tokenizer's ids can never win."""
+    logits = build_model(cfg).apply({"params": params}, hidden, method=InteractionModel.text_logits)
+    real = jnp.arange(logits.shape[-1]) < tokenizer.NUM_IDS
+    return jnp.where(real, logits, jnp.finfo(jnp.float32).min)
+
+
+def flow_velocity(params: dict, cond: jax.Array, cfg: Config):
+    """The flow head's velocity field conditioned on hidden states `cond` [N, D]: (x_t, t) → v."""
+    model = build_model(cfg)
+    return lambda x_t, t: model.apply({"params": params}, cond, x_t, t, method=InteractionModel.flow_velocity)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token cross-entropy in float32, without materialising one-hot targets."""
+    logits = logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
+def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[jax.Array, dict]:
+    """Training loss of a batch of windows: text CE + λ·flow + MoE aux losses (DESIGN §10).
+
+    Each output token's payload is predicted from the hidden state of the token before it.
+    """
+    t = cfg.train
+    b, length = batch["kind"].shape
+    hidden, _, aux = step(params, init_cache(cfg.model, b, length), batch, cfg=cfg)
+
+    logits = text_logits(params, hidden, cfg=cfg)
+    targets, weights = stream.text_targets(batch["kind"], batch["text"], t.pad_weight)
+    ce = cross_entropy(logits, targets)
+    text_loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
+    scored = (weights > 0) & (targets != tokenizer.PAD)
+    correct = (jnp.argmax(logits, axis=-1) == targets) & scored
+
+    is_out = stream.audio_out_entries(batch["kind"], batch["audio_index"])  # [B, Na]
+    prev = jnp.clip(batch["audio_index"] - 1, 0, length - 1)
+    cond = jnp.take_along_axis(hidden, prev[..., None], axis=1).reshape(-1, hidden.shape[-1])
+    target = stream.normalize_mel(batch["audio_mel"], cfg.stream).reshape(cond.shape[0], -1)
+    flow = flow_matching_loss(flow_velocity(params, cond, cfg), target, is_out.reshape(-1), rng)
+
+    load_balance = aux.get("load_balance", jnp.float32(0))
+    router_z = aux.get("router_z", jnp.float32(0))
+    loss = text_loss + t.flow_weight * flow + t.load_balance_weight * load_balance + t.router_z_weight * router_z
+    metrics = {
+        "loss": loss,
+        "text_ce": text_loss,
+        "text_acc": jnp.sum(correct) / jnp.maximum(jnp.sum(scored), 1),
+        "flow": flow,
+        "load_balance": load_balance,
+        "router_z": router_z,
+    }
+    return loss, metrics
+
+
+@flax.struct.dataclass
+class Sampling:
+    """Sampling settings of `microturn`. The floats are traced: changing them does not recompile."""
+
+    temperature: jax.Array | float = 0.0
+    top_p: jax.Array | float = 1.0
+    flow_temperature: jax.Array | float = 1.0
+    flow_steps: int = flax.struct.field(pytree_node=False, default=8)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Sampling:
+        s = cfg.serve
+        return cls(jnp.float32(s.temperature), jnp.float32(s.top_p), jnp.float32(s.flow_temperature), s.flow_steps)
+
+
+def input_block_batch(cfg: Config, cache: Cache, block: dict) -> dict:
+    """The step batch of one chunk's input block: AUDIO_IN, VIDEO_IN (on frame chunks), TEXT_IN.
+
+    The block has a fixed size for every chunk (the VIDEO_IN slots become empty tokens when no frame
+    falls in the chunk), so serving never recompiles; inactive rows write nothing.
+    """
+    s = cfg.stream
+    b = block["text"].shape[0]
+    n_audio, n_patch = s.audio_slots, s.patches_per_frame
+    has_frame = (s.video & (cache["chunk"] % s.video_every == 0)) if s.video else jnp.zeros((b,), bool)
+    kind = stream.input_block_kinds(s, has_frame)
+    kind = jnp.where(block["active"][:, None], kind, Kind.PAD).astype(jnp.int32)
+    n = kind.shape[1]
+    text = jnp.concatenate([jnp.full((b, n_audio + n_patch), tokenizer.PAD, jnp.int32),
+                            block["text"].astype(jnp.int32)], axis=1)
+    batch = {
+        "kind": kind,
+        # A live session starts at position 0 with an empty cache and writes every non-empty token,
+        # so a token's global position is its cache slot.
+        "position": token_slots(kind, cache["length"], capacity(cache)),
+        "text": text,
+        "audio": block["audio"],
+        "audio_index": jnp.broadcast_to(jnp.arange(n_audio, dtype=jnp.int32), (b, n_audio)),
+    }
+    if s.video:
+        patch_index = jnp.where(has_frame[:, None], n_audio + jnp.arange(n_patch, dtype=jnp.int32), n)
+        batch |= {"patches": block["patches"], "patch_index": patch_index,
+                  "patch_cell": jnp.broadcast_to(jnp.arange(n_patch, dtype=jnp.int32), (b, n_patch))}
+    return batch
+
+
+
+def _one_token_batch(kind: jax.Array, cache: Cache, text: jax.Array | None = None,
+                     audio: jax.Array | None = None, cfg: Config | None = None) -> dict:
+    """The step batch of a single output token per row (TEXT_OUT with `text`, or AUDIO_OUT with `audio`)."""
+    b = kind.shape[0]
+    s = cfg.stream
+    kind = kind[:, None]
+    batch = {
+        "kind": kind,
+        "position": token_slots(kind, cache["length"], capacity(cache)),
+        "text": (text if text is not None else jnp.full((b,), tokenizer.PAD, jnp.int32))[:, None],
+        "audio": (audio if audio is not None else jnp.zeros((b, s.stack, s.n_mels), jnp.uint8))[:, None],
+        "audio_index": jnp.full((b, 1), 0 if audio is not None else 1, jnp.int32),
+    }
+    if s.video:  # no patches in output tokens: one unused entry keeps the structure fixed
+        batch |= {"patches": jnp.zeros((b, 1, PATCH_SIZE, PATCH_SIZE, 3), jnp.uint8),
+                  "patch_index": jnp.ones((b, 1), jnp.int32), "patch_cell": jnp.zeros((b, 1), jnp.int32)}
+    return batch
+
+
+def microturn(params: dict, cache: Cache, input_block: dict, rng: jax.Array, sampling: Sampling, *,
+              cfg: Config) -> tuple[dict, Cache]:
+    """One 200 ms tick for every row: prefill the chunk's input block, then generate its output block.
+
+    `input_block`: `audio` uint8 [B, audio_slots, stack, n_mels] dMel levels; `text` int32
+    [B, text_in_slots]; `patches` uint8 [B, patches_per_frame, 40, 40, 3] (when video is on; read
+    only on frame chunks); `active` bool [B] (inactive rows are left untouched). Optional teacher
+    forcing: `teacher_text` int32 [B, text_out_slots] and/or `teacher_mel` float32
+    [B, audio_slots, stack, n_mels] replace the sampled outputs that are fed back.
+
+    Output slots are generated in order (TEXT_OUT then AUDIO_OUT, one `lax.scan` each); every slot
+    is predicted from the hidden state of the token before it and fed back through `step`, with
+    generated mel re-quantised to dMel exactly as training embeds AUDIO_OUT.
+
+    Returns ({`text` [B, To], `text_logits` [B, To, V], `mel` [B, Ao, stack, n_mels] log10-mel,
+    `audio` [B, Ao, stack, n_mels] dMel levels}, cache).
+    """
+    s = cfg.stream
+    active = input_block["active"]
+    hidden, cache, _ = step(params, cache, input_block_batch(cfg, cache, input_block), cfg=cfg)
+    h = hidden[:, -1]  # the last TEXT_IN token predicts the first TEXT_OUT slot
+    text_rng, audio_rng = jax.random.split(rng)
+
+    def text_slot(carry, xs):
+        h, cache = carry
+        slot_rng, teacher = xs
+        logits = text_logits(params, h, cfg=cfg)
+        token = sample_text(logits, sampling.temperature, sampling.top_p, slot_rng)
+        token = teacher if teacher is not None else token
+        kind = jnp.where(active, Kind.TEXT_OUT, Kind.PAD).astype(jnp.int32)
+        hidden, cache, _ = step(params, cache, _one_token_batch(kind, cache, text=token, cfg=cfg), cfg=cfg)
+        return (hidden[:, 0], cache), (token, logits)
+
+    def audio_slot(carry, xs):
+        h, cache = carry
+        slot_rng, teacher = xs
+        frames = euler_sample(flow_velocity(params, h, cfg), (h.shape[0], s.stack * s.n_mels), sampling.flow_steps,
+                              sampling.flow_temperature, slot_rng)
+        mel = stream.denormalize_mel(frames.reshape(-1, s.stack, s.n_mels), s)
+        mel = teacher if teacher is not None else mel
+        levels = stream.quantize_dmel(mel, s)
+        kind = jnp.where(active, Kind.AUDIO_OUT, Kind.PAD).astype(jnp.int32)
+        hidden, cache, _ = step(params, cache, _one_token_batch(kind, cache, audio=levels, cfg=cfg), cfg=cfg)
+        return (hidden[:, 0], cache), (mel, levels)
+
+    def slot_inputs(key, n, teacher):
+        keys = jax.random.split(key, n)
+        return keys, (None if teacher is None else jnp.moveaxis(teacher, 1, 0))
+
+    teacher_text = input_block.get("teacher_text")
+    teacher_mel = input_block.get("teacher_mel")
+    (h, cache), (tokens, logits) = jax.lax.scan(text_slot, (h, cache),
+                                                slot_inputs(text_rng, s.text_out_slots, teacher_text))
+    (h, cache), (mel, levels) = jax.lax.scan(audio_slot, (h, cache),
+                                             slot_inputs(audio_rng, s.audio_slots, teacher_mel))
+    cache = cache | {"chunk": cache["chunk"] + active.astype(jnp.int32)}
+    outputs = {
+        "text": jnp.moveaxis(tokens, 0, 1),
+        "text_logits": jnp.moveaxis(logits, 0, 1),
+        "mel": jnp.moveaxis(mel, 0, 1),
+        "audio": jnp.moveaxis(levels, 0, 1),
+    }
+    return outputs, cache
+
+
+def jit_microturn(cfg: Config):
+    """`microturn` jitted for `cfg`, donating the cache so the tick updates it in place."""
+    return jax.jit(functools.partial(microturn, cfg=cfg), donate_argnums=(1,))

@@ -1,0 +1,80 @@
+"""Byte-level text tokenizer: UTF-8 bytes are ids 0–255, special tokens follow.
+
+Text in the stream is sparse — most TEXT_IN/TEXT_OUT slots hold PAD — so the tokenizer is the
+simplest one that round-trips any string and needs no vocabulary file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+NUM_BYTES = 256
+PAD = 256  # nothing in this slot
+DELEGATE = 257  # start of a request to the background model (model → TEXT_OUT)
+END_DELEGATE = 258  # end of that request
+RESULT = 259  # start of a background result (arrives in TEXT_IN)
+END_RESULT = 260  # end of that result
+EOT = 261  # end of the model's utterance
+
+SPECIALS = {
+    "<pad>": PAD,
+    "<delegate>": DELEGATE,
+    "</delegate>": END_DELEGATE,
+    "<result>": RESULT,
+    "</result>": END_RESULT,
+    "<eot>": EOT,
+}
+SPECIAL_NAMES = {i: name for name, i in SPECIALS.items()}
+NUM_IDS = NUM_BYTES + len(SPECIALS)
+
+
+def padded_vocab_size(multiple: int = 128) -> int:
+    """The vocabulary size rounded up to a multiple (for tensor-parallel sharding of the head)."""
+    return -(-NUM_IDS // multiple) * multiple
+
+
+def encode(text: str, specials: bool = True) -> list[int]:
+    """UTF-8 bytes of `text`; with `specials`, names like `<delegate>` become their single ids."""
+    if not specials:
+        return list(text.encode("utf-8"))
+    ids: list[int] = []
+    i = 0
+    while i < len(text):
+        if text[i] == "<":
+            for name, special_id in SPECIALS.items():
+                if text.startswith(name, i):
+                    ids.append(special_id)
+                    i += len(name)
+                    break
+            else:
+                ids.append(ord("<"))
+                i += 1
+            continue
+        j = text.find("<", i + 1)
+        j = len(text) if j < 0 else j
+        ids.extend(text[i:j].encode("utf-8"))
+        i = j
+    return ids
+
+
+def decode(ids: Iterable[int], skip_pad: bool = True) -> str:
+    """Text for `ids`: bytes decoded as UTF-8 (invalid sequences replaced), specials by name.
+
+    Ids beyond the tokenizer (the padded tail of the vocabulary) decode to `<unk>`.
+    """
+    out: list[str] = []
+    pending = bytearray()
+    for i in ids:
+        i = int(i)
+        if i < NUM_BYTES:
+            pending.append(i)
+            continue
+        if i == PAD and skip_pad:
+            continue  # PAD is "nothing in this slot": a character's bytes may straddle it
+        if pending:
+            out.append(pending.decode("utf-8", errors="replace"))
+            pending.clear()
+        out.append(SPECIAL_NAMES.get(i, "<unk>"))
+    if pending:
+        out.append(pending.decode("utf-8", errors="replace"))
+    return "".join(out)

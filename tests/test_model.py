@@ -1,0 +1,200 @@
+"""The model and the one step function: chunked = windowed, microturn, sharding, learning."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from interaction_jax import config as config_lib
+from interaction_jax import sharding, stream, tokenizer
+from interaction_jax.model import cache as kv_cache
+from interaction_jax.model import step as step_lib
+from tests.fixtures import random_batch, random_chunks, token_slice
+
+TINY = config_lib.preset("tiny")
+
+
+def with_stream(**kw) -> config_lib.Config:
+    return dataclasses.replace(TINY, stream=dataclasses.replace(TINY.stream, **kw))
+
+
+LAYOUTS = {
+    "video_stack2_200ms": with_stream(),
+    "audio_only_stack1_100ms": with_stream(video=False, stack=1, chunk_ms=100),
+    "video_every_chunk_stack2_100ms": with_stream(chunk_ms=100, video_every=1, frame_width=120),
+    "video_every3_stack1_200ms": with_stream(stack=1, video_every=3, text_in_slots=2, text_out_slots=3),
+}
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    return step_lib.init_params(TINY, jax.random.key(0))
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_window_forward_equals_chunk_by_chunk(name):
+    """One training-window forward == the same tokens through `step` one input block, then one
+    output slot, at a time (DESIGN §6), for windows that start at chunk 0 and mid-session."""
+    cfg = LAYOUTS[name]
+    s = cfg.stream
+    params = step_lib.init_params(cfg, jax.random.key(1))
+    step = jax.jit(lambda p, c, b: step_lib.step(p, c, b, cfg=cfg)[:2])
+    start = s.video_every if s.video else 3
+    chunks = s.video_every * 2 if s.video else 4
+    batch = random_batch(s, chunks, batch=2, seed=3, start_chunk=start)
+    total = batch["kind"].shape[1]
+    full, _ = step(params, kv_cache.init_cache(cfg.model, 2, total), batch)
+
+    cache = kv_cache.init_cache(cfg.model, 2, total)
+    pieces = []
+    offset = 0
+    for k in range(start, start + chunks):
+        n_in = len(stream.input_kinds(s, k))
+        bounds = [(offset, offset + n_in)] + [(i, i + 1) for i in range(offset + n_in, offset + stream.chunk_length(s, k))]
+        for a, b in bounds:
+            hidden, cache = step(params, cache, token_slice(batch, a, b))
+            pieces.append(hidden)
+        offset += stream.chunk_length(s, k)
+    chunked = jnp.concatenate(pieces, axis=1)
+    assert offset == total
+    np.testing.assert_array_equal(cache["length"], [total, total])
+    assert rel_err(chunked, full) <= 1e-5
+    logits_full = step_lib.text_logits(params, full, cfg=cfg)
+    logits_chunked = step_lib.text_logits(params, chunked, cfg=cfg)
+    assert rel_err(logits_chunked, logits_full) <= 1e-5
+
+
+def input_block(s, chunks: list[stream.ChunkPayload], teacher: bool) -> dict:
+    block = {
+        "audio": np.stack([c.audio_in for c in chunks]),
+        "text": np.stack([c.text_in for c in chunks]),
+        "active": np.ones(len(chunks), bool),
+    }
+    if s.video:
+        n = s.patches_per_frame
+        block["patches"] = np.stack([
+            stream.patchify(c.frame) if c.frame is not None else np.zeros((n, 40, 40, 3), np.uint8) for c in chunks])
+    if teacher:
+        block["teacher_text"] = np.stack([c.text_out for c in chunks])
+        block["teacher_mel"] = np.stack([c.audio_out_mel for c in chunks])
+    return block
+
+
+def test_teacher_forced_microturn_matches_training_logits(tiny_params):
+    """Serving (one jitted microturn per chunk) and training (one window) give the same text logits."""
+    cfg, s = TINY, TINY.stream
+    num_chunks, rows = 10, 2
+    per_row = [random_chunks(s, 0, num_chunks, seed=10 + r) for r in range(rows)]
+    batch = stream.stack_windows([stream.assemble_window(s, 0, chunks) for chunks in per_row])
+    total = batch["kind"].shape[1]
+    hidden, _, _ = step_lib.step(tiny_params, kv_cache.init_cache(cfg.model, rows, total), batch, cfg=cfg)
+    logits = np.asarray(step_lib.text_logits(tiny_params, hidden, cfg=cfg))
+    # Token t's payload is predicted at t - 1.
+    out_rows, out_cols = np.nonzero(batch["kind"] == stream.Kind.TEXT_OUT)
+    expected = logits[out_rows, out_cols - 1].reshape(rows, num_chunks, s.text_out_slots, -1)
+
+    microturn = step_lib.jit_microturn(cfg)
+    cache = kv_cache.init_cache(cfg.model, rows, total + 8)
+    sampling = step_lib.Sampling.from_config(cfg)
+    for k in range(num_chunks):
+        block = input_block(s, [per_row[r][k] for r in range(rows)], teacher=True)
+        outputs, cache = microturn(tiny_params, cache, block, jax.random.key(k), sampling)
+        assert rel_err(outputs["text_logits"], expected[:, k]) <= 1e-5, f"chunk {k}"
+        np.testing.assert_array_equal(outputs["text"], block["teacher_text"])
+    np.testing.assert_array_equal(cache["length"], [total, total])
+
+
+def test_microturn_compiles_once_and_advances_one_chunk(tiny_params):
+    cfg, s = TINY, TINY.stream
+    rows = 3
+    microturn = step_lib.jit_microturn(cfg)
+    cache = kv_cache.init_cache(cfg.model, rows, 512)
+    sampling = step_lib.Sampling.from_config(cfg)
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        block = input_block(s, random_chunks(s, k, 1, seed=k) * rows, teacher=False)
+        block["active"] = np.array([True, True, k % 2 == 0])  # row 2 idles on odd ticks
+        before = np.asarray(cache["length"]).copy()
+        sampling = dataclasses.replace(sampling, temperature=jnp.float32(rng.uniform(0, 1)))
+        outputs, cache = microturn(tiny_params, cache, block, jax.random.key(k), sampling)
+        grown = np.asarray(cache["length"]) - before
+        np.testing.assert_array_equal(grown[:2], [stream.chunk_length(s, k)] * 2)
+        assert grown[2] == (stream.chunk_length(s, k) if k % 2 == 0 else 0)
+        assert outputs["text"].shape == (rows, s.text_out_slots) and outputs["text"].dtype == jnp.int32
+        assert int(jnp.max(outputs["text"])) < tokenizer.NUM_IDS
+        assert outputs["mel"].shape == (rows, s.audio_slots, s.stack, s.n_mels)
+        assert bool(jnp.all(jnp.isfinite(outputs["mel"])))
+        np.testing.assert_array_equal(outputs["audio"], stream.quantize_dmel(outputs["mel"], s))
+    np.testing.assert_array_equal(cache["chunk"], [10, 10, 5])
+    assert microturn._cache_size() == 1
+
+
+def test_sharded_forward_and_gradients_match_single_device(tiny_params):
+    mesh_cfg = config_lib.load_mesh("mesh_configs/cpu-8.yaml")
+    cfg = config_lib.validate(dataclasses.replace(TINY, mesh=mesh_cfg), num_devices=8)
+    mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:8])
+    batch = random_batch(cfg.stream, 5, batch=4, seed=5)
+    rng = jax.random.key(7)
+
+    def loss_and_grad(params, batch):
+        return jax.value_and_grad(lambda p: step_lib.loss_fn(p, batch, rng, cfg=cfg), has_aux=True)(params)
+
+    with sharding.mesh_context(mesh, mesh_cfg):
+        params, _ = sharding.init_sharded(lambda r: step_lib.init_variables(cfg, r)["params"], mesh, mesh_cfg,
+                                          jax.random.key(0))
+        (loss, metrics), grads = jax.jit(loss_and_grad)(params, sharding.shard_batch(batch, mesh, mesh_cfg))
+    # The single-device reference runs on the same values, gathered onto one device, with no mesh.
+    single = jax.device_put(jax.device_get(params), jax.devices()[0])
+    (ref_loss, ref_metrics), ref_grads = jax.jit(loss_and_grad)(single, batch)
+    init_err = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(tiny_params), strict=True))
+    assert init_err <= 1e-6  # sharded init draws the same random numbers
+
+    moe = params["block0"]["moe"]
+    assert moe["w_gate"].sharding.spec == jax.sharding.PartitionSpec("expert", None, "tensor")
+    assert moe["w_down"].sharding.spec == jax.sharding.PartitionSpec("expert", "tensor", None)
+    assert params["block0"]["attn"]["wq"].sharding.spec == jax.sharding.PartitionSpec(None, "tensor", None)
+    assert params["text_head"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
+    assert len(moe["w_gate"].addressable_shards) == 8
+    assert moe["w_gate"].addressable_shards[0].data.shape == (2, 128, 128)
+
+    assert rel_err(loss, ref_loss) <= 1e-5
+    for key in ref_metrics:
+        assert rel_err(metrics[key], ref_metrics[key]) <= 1e-5, key
+    flat, ref_flat = jax.tree.leaves_with_path(grads), jax.tree.leaves(ref_grads)
+    for (path, g), r in zip(flat, ref_flat, strict=True):
+        assert rel_err(g, r) <= 1e-5, jax.tree_util.keystr(path)
+
+
+def test_tiny_overfits_one_batch():
+    """Loss falls by ≥ 90% on one fixed batch within a few hundred steps (the model can learn)."""
+    cfg = TINY
+    batch = random_batch(cfg.stream, 5, batch=2, seed=11)
+    params = step_lib.init_params(cfg, jax.random.key(0))
+    opt = optax.adam(3e-3)
+
+    @jax.jit
+    def update(params, opt_state, i):
+        rng = jax.random.fold_in(jax.random.key(1), i)
+        (_, metrics), grads = jax.value_and_grad(lambda p: step_lib.loss_fn(p, batch, rng, cfg=cfg), has_aux=True)(
+            params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    opt_state = opt.init(params)
+    losses = []
+    for i in range(300):
+        params, opt_state, metrics = update(params, opt_state, i)
+        losses.append(float(metrics["loss"]))
+    first, last = losses[0], float(np.mean(losses[-20:]))
+    assert last <= 0.1 * first, (first, last)
+    assert float(metrics["text_acc"]) == 1.0

@@ -1,0 +1,76 @@
+"""Byte-level tokenizer: round trips, special tokens, PAD handling, vocabulary size."""
+
+import pytest
+
+from interaction_jax import tokenizer
+from interaction_jax.tokenizer import DELEGATE, END_DELEGATE, END_RESULT, EOT, PAD, RESULT
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "hello, world",
+        "The quick brown fox.\n\tTabs & newlines!",
+        "héllo wörld",
+        "日本語のテキスト",
+        "ok 🎉👍🏽 done",
+    ],
+)
+def test_round_trip(text):
+    ids = tokenizer.encode(text)
+    assert ids == list(text.encode("utf-8"))  # no specials in the text: ids are exactly its bytes
+    assert all(0 <= i < 256 for i in ids)
+    assert tokenizer.decode(ids) == text
+
+
+def test_multibyte_ids():
+    assert tokenizer.encode("é") == [0xC3, 0xA9]
+    assert tokenizer.encode("🎉") == [0xF0, 0x9F, 0x8E, 0x89]
+    assert tokenizer.encode("A") == [65]
+
+
+def test_specials_inline():
+    text = "hi<delegate>2+2</delegate>"
+    ids = tokenizer.encode(text)
+    assert ids == [ord("h"), ord("i"), DELEGATE, ord("2"), ord("+"), ord("2"), END_DELEGATE]
+    assert tokenizer.decode(ids) == text
+    text = "<result>4</result><eot>"
+    assert tokenizer.encode(text) == [RESULT, ord("4"), END_RESULT, EOT]
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    # Without specials the names are plain bytes.
+    assert tokenizer.encode("<eot>", specials=False) == list(b"<eot>")
+
+
+def test_literal_angle_bracket_is_a_byte():
+    for text in ("a < b", "1<2 and 3>2", "<", "<delegat", "<Delegate>", "x <<result>> y"):
+        ids = tokenizer.encode(text)
+        assert tokenizer.decode(ids) == text
+    assert tokenizer.encode("a<b") == [ord("a"), ord("<"), ord("b")]
+    assert tokenizer.encode("<<eot>") == [ord("<"), EOT]
+    assert tokenizer.encode("é<delegate>ü") == [0xC3, 0xA9, DELEGATE, 0xC3, 0xBC]
+
+
+def test_decode_skips_pad():
+    ids = [ord("h"), PAD, PAD, ord("i"), PAD]
+    assert tokenizer.decode(ids) == "hi"
+    assert tokenizer.decode(ids, skip_pad=False) == "h<pad><pad>i<pad>"
+    assert tokenizer.decode([PAD] * 5) == ""
+
+
+def test_skipped_pad_does_not_split_a_character():
+    # PAD means "nothing in this slot": a character whose bytes land in slots around PADs must survive.
+    assert tokenizer.decode([0xC3, PAD, 0xA9]) == "é"
+
+
+def test_decode_unknown_and_invalid():
+    assert tokenizer.decode([ord("a"), 300, ord("b")]) == "a<unk>b"
+    assert tokenizer.decode([0xFF]) == "\ufffd"
+
+
+def test_vocabulary_size():
+    assert tokenizer.NUM_IDS == 262
+    assert len(set(tokenizer.SPECIALS.values())) == len(tokenizer.SPECIALS)
+    assert all(256 <= i < tokenizer.NUM_IDS for i in tokenizer.SPECIALS.values())
+    assert tokenizer.padded_vocab_size() == 384
+    assert tokenizer.padded_vocab_size(256) == 512
