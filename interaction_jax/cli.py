@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from interaction_jax import config as config_lib
 
@@ -40,8 +40,10 @@ def cmd_plan(argv: list[str]) -> None:
 
     cfg = resolve_config()
     num_devices = FLAGS.num_devices or plan.default_device_count(cfg.mesh)
-    if num_devices is None:
-        raise app.UsageError(f"mesh {cfg.mesh.name} has a -1 axis: give --num_devices")
+    if num_devices is None:  # a -1 axis: plan for the devices this process sees
+        import jax
+
+        num_devices = jax.device_count()
     print(plan.make_plan(cfg, num_devices).table())
 
 
@@ -49,6 +51,8 @@ COMMANDS = {"config": cmd_config, "plan": cmd_plan}
 
 
 def main(argv: list[str]) -> None:
+    if not FLAGS["verbosity"].present:  # JAX's INFO chatter (e.g. "no TPU backend") is not for users
+        logging.set_verbosity(logging.WARNING)
     if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: interaction-jax <command> [flags]; commands: {', '.join(COMMANDS)}")
     try:

@@ -7,6 +7,7 @@ immutable: `override(cfg, ["model.d_model=256"])` and `dataclasses.replace` retu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -205,8 +206,17 @@ def _preset_tiny() -> Config:
 def _preset_small() -> Config:  # one GPU, ~1B parameters in total
     return Config(
         model=ModelConfig(
-            d_model=1024, n_layers=16, n_heads=16, n_kv_heads=4, head_dim=64, n_experts=16,
-            top_k=2, expert_mlp=1024, shared_expert_mlp=1024, flow_hidden=1024, flow_blocks=3,
+            d_model=1024,
+            n_layers=16,
+            n_heads=16,
+            n_kv_heads=4,
+            head_dim=64,
+            n_experts=16,
+            top_k=2,
+            expert_mlp=1024,
+            shared_expert_mlp=1024,
+            flow_hidden=1024,
+            flow_blocks=3,
             dtype="bfloat16",
         ),
         stream=StreamConfig(frame_height=160, frame_width=160),
@@ -219,9 +229,19 @@ def _preset_small() -> Config:  # one GPU, ~1B parameters in total
 def _preset_base() -> Config:  # 8 GPUs or a small TPU slice
     return Config(
         model=ModelConfig(
-            d_model=2048, n_layers=24, n_heads=32, n_kv_heads=8, head_dim=64, n_experts=32,
-            top_k=4, expert_mlp=1408, shared_expert_mlp=2816, flow_hidden=2048, flow_blocks=4,
-            dtype="bfloat16", remat="block",
+            d_model=2048,
+            n_layers=24,
+            n_heads=32,
+            n_kv_heads=8,
+            head_dim=64,
+            n_experts=32,
+            top_k=4,
+            expert_mlp=1408,
+            shared_expert_mlp=2816,
+            flow_hidden=2048,
+            flow_blocks=4,
+            dtype="bfloat16",
+            remat="block",
         ),
         stream=StreamConfig(frame_height=240, frame_width=320),
         mesh=MeshConfig(name="gpu-8", device_kind="gpu"),
@@ -233,9 +253,19 @@ def _preset_base() -> Config:  # 8 GPUs or a small TPU slice
 def _preset_tml_small_shape() -> Config:  # 276B total / ~12B active: for planning, not training
     return Config(
         model=ModelConfig(
-            d_model=5120, n_layers=48, n_heads=40, n_kv_heads=8, head_dim=128, n_experts=256,
-            top_k=8, expert_mlp=1408, shared_expert_mlp=1536, flow_hidden=4096, flow_blocks=4,
-            dtype="bfloat16", remat="block",
+            d_model=5120,
+            n_layers=48,
+            n_heads=40,
+            n_kv_heads=8,
+            head_dim=128,
+            n_experts=256,
+            top_k=8,
+            expert_mlp=1440,
+            shared_expert_mlp=0,
+            flow_hidden=4096,
+            flow_blocks=4,
+            dtype="bfloat16",
+            remat="block",
         ),
         stream=StreamConfig(frame_height=360, frame_width=640),
         mesh=MeshConfig(name="tpu-v5p-128", device_kind="tpu"),
@@ -318,6 +348,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(key, f"expected an integer, got {value!r}", f"write {key}=<integer>")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 leaves "1e-3" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"expected a number, got {value!r}", f"write {key}=<number>")
         return float(value)
@@ -383,6 +416,8 @@ def override(cfg: Config, assignments: list[str]) -> Config:
         key, raw = assignment.split("=", 1)
         key = key.strip()
         value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw.strip()  # YAML 1.1 reads yes/no/on/off as booleans; we want explicit true/false
         nested: Any = value
         for part in reversed(key.split(".")):
             nested = {part: nested}
@@ -444,9 +479,22 @@ def validate(cfg: Config, num_devices: int | None = None) -> Config:
         sub = getattr(cfg, section)
         for f in dataclasses.fields(sub):
             value = getattr(sub, f.name)
-            allowed_zero = {"shared_expert_mlp", "dense_every", "warmup_steps", "weight_decay", "temperature",
-                            "pad_weight", "flow_weight", "load_balance_weight", "router_z_weight", "seed",
-                            "grad_clip", "fmin", "min_lr_ratio", "mel_mean"}
+            allowed_zero = {
+                "shared_expert_mlp",
+                "dense_every",
+                "warmup_steps",
+                "weight_decay",
+                "temperature",
+                "pad_weight",
+                "flow_weight",
+                "load_balance_weight",
+                "router_z_weight",
+                "seed",
+                "grad_clip",
+                "fmin",
+                "min_lr_ratio",
+                "mel_mean",
+            }
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if f.name in ("dmel_min", "mel_mean"):
                     continue
@@ -454,35 +502,49 @@ def validate(cfg: Config, num_devices: int | None = None) -> Config:
                     raise ConfigError(f"{section}.{f.name}", f"must be positive, got {value}", "use a value > 0")
     m, s, t = cfg.model, cfg.stream, cfg.train
     if m.n_heads % m.n_kv_heads:
-        raise ConfigError("model.n_kv_heads", f"{m.n_heads} heads do not group into {m.n_kv_heads} kv heads",
-                          "choose n_kv_heads dividing n_heads")
+        raise ConfigError(
+            "model.n_kv_heads",
+            f"{m.n_heads} heads do not group into {m.n_kv_heads} kv heads",
+            "choose n_kv_heads dividing n_heads",
+        )
     if m.head_dim % 2:
         raise ConfigError("model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}", "use an even size")
     if m.top_k > m.n_experts:
-        raise ConfigError("model.top_k", f"top_k {m.top_k} exceeds n_experts {m.n_experts}",
-                          "set top_k <= n_experts")
+        raise ConfigError("model.top_k", f"top_k {m.top_k} exceeds n_experts {m.n_experts}", "set top_k <= n_experts")
     from interaction_jax import tokenizer  # local: tokenizer imports nothing from here at module level
 
     if m.vocab_size % 128 or m.vocab_size < tokenizer.NUM_IDS:
-        raise ConfigError("model.vocab_size", f"{m.vocab_size} must be a multiple of 128 and hold the "
-                          f"{tokenizer.NUM_IDS} tokenizer ids", "use 384")
+        raise ConfigError(
+            "model.vocab_size",
+            f"{m.vocab_size} must be a multiple of 128 and hold the {tokenizer.NUM_IDS} tokenizer ids",
+            "use 384",
+        )
     if s.chunk_ms % (s.hop_ms * s.stack):
-        raise ConfigError("stream.chunk_ms", f"{s.chunk_ms} ms is not a multiple of hop_ms × stack = "
-                          f"{s.hop_ms * s.stack} ms", "pick chunk_ms as a multiple of hop_ms × stack")
+        raise ConfigError(
+            "stream.chunk_ms",
+            f"{s.chunk_ms} ms is not a multiple of hop_ms × stack = {s.hop_ms * s.stack} ms",
+            "pick chunk_ms as a multiple of hop_ms × stack",
+        )
     if s.win_ms * s.sample_rate // 1000 > s.n_fft:
         raise ConfigError("stream.n_fft", f"the {s.win_ms} ms window does not fit n_fft {s.n_fft}", "raise n_fft")
     for name in ("frame_height", "frame_width"):
         if getattr(s, name) % PATCH_SIZE:
-            raise ConfigError(f"stream.{name}", f"{getattr(s, name)} is not a multiple of the {PATCH_SIZE}-pixel "
-                              "patch", f"use a multiple of {PATCH_SIZE}")
+            raise ConfigError(
+                f"stream.{name}",
+                f"{getattr(s, name)} is not a multiple of the {PATCH_SIZE}-pixel patch",
+                f"use a multiple of {PATCH_SIZE}",
+            )
     if s.dmel_min >= s.dmel_max:
         raise ConfigError("stream.dmel_max", "must exceed stream.dmel_min", "")
     if s.fmax > s.sample_rate / 2 or s.fmin >= s.fmax:
         raise ConfigError("stream.fmax", f"need fmin < fmax <= sample_rate/2, got {s.fmin}, {s.fmax}", "")
     if s.video and t.window_chunks % s.video_every:
-        raise ConfigError("train.window_chunks", f"{t.window_chunks} chunks is not a multiple of "
-                          f"stream.video_every={s.video_every}, so windows would differ in length",
-                          "use a multiple of video_every")
+        raise ConfigError(
+            "train.window_chunks",
+            f"{t.window_chunks} chunks is not a multiple of "
+            f"stream.video_every={s.video_every}, so windows would differ in length",
+            "use a multiple of video_every",
+        )
     if cfg.mesh.device_kind not in ("cpu", "gpu", "tpu"):
         raise ConfigError("mesh.device_kind", f"unknown kind {cfg.mesh.device_kind!r}", "use cpu, gpu or tpu")
     known_axes = set(MESH_AXES)
@@ -506,7 +568,10 @@ def validate(cfg: Config, num_devices: int | None = None) -> Config:
             axes = cfg.mesh.rule(logical)
             n = _mesh_size(sizes, axes)
             if value % n:
-                raise ConfigError(key, f"{value} is not divisible by the {n} devices of mesh axes {list(axes)} "
-                                  f"that logical axis '{logical}' is sharded over (mesh {cfg.mesh.name})",
-                                  f"make {key} a multiple of {n}, or change the mesh")
+                raise ConfigError(
+                    key,
+                    f"{value} is not divisible by the {n} devices of mesh axes {list(axes)} "
+                    f"that logical axis '{logical}' is sharded over (mesh {cfg.mesh.name})",
+                    f"make {key} a multiple of {n}, or change the mesh",
+                )
     return cfg

@@ -7,6 +7,7 @@ active parameters, and per-device bytes of parameters, optimizer state and KV ca
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -37,15 +38,24 @@ class Plan:
     def table(self) -> str:
         gib = 1024**3
         rows = [
-            ("mesh", f"{self.mesh_name} ({self.num_devices} devices: "
-             + " × ".join(f"{a} {n}" for a, n in self.axis_sizes.items() if n > 1) + ")"),
+            (
+                "mesh",
+                f"{self.mesh_name} ({self.num_devices} device{'s' if self.num_devices > 1 else ''}"
+                + "".join(
+                    f"{', ' if i == 0 else ' × '}{a} {n}"
+                    for i, (a, n) in enumerate((a, n) for a, n in self.axis_sizes.items() if n > 1)
+                )
+                + ")",
+            ),
             ("total parameters", f"{self.total_params / 1e9:,.3f} B"),
             ("active parameters / token", f"{self.active_params / 1e9:,.3f} B"),
             ("expert parameters", f"{self.expert_params / 1e9:,.3f} B"),
             ("params / device (f32)", f"{self.param_bytes_per_device / gib:,.2f} GiB"),
             ("optimizer / device (AdamW f32)", f"{self.optimizer_bytes_per_device / gib:,.2f} GiB"),
-            (f"KV cache / device ({self.cache_sessions} × {self.cache_len} tokens)",
-             f"{self.cache_bytes_per_device / gib:,.2f} GiB"),
+            (
+                f"KV cache / device ({self.cache_sessions} × {self.cache_len} tokens)",
+                f"{self.cache_bytes_per_device / gib:,.2f} GiB",
+            ),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -70,10 +80,14 @@ def _leaf_shard_factor(names: tuple, cfg: Config, sizes: dict[str, int], shape: 
 def make_plan(cfg: Config, num_devices: int) -> Plan:
     config_lib.validate(cfg, num_devices)
     sizes = config_lib.resolve_axis_sizes(cfg.mesh, num_devices)
-    boxed = jax.eval_shape(step_lib.init_variables, cfg, jax.random.key(0))["params"]
+    boxed = jax.eval_shape(functools.partial(step_lib.init_variables, cfg), jax.random.key(0))["params"]
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
-        boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]]
+    paths = [
+        jax.tree_util.keystr(p)
+        for p, _ in jax.tree_util.tree_flatten_with_path(
+            boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+        )[0]
+    ]
     total = expert = 0
     per_device = 0.0
     for path, leaf in zip(paths, leaves, strict=True):
@@ -92,12 +106,22 @@ def make_plan(cfg: Config, num_devices: int) -> Plan:
     kv_sharding = math.prod(sizes[a] for a in cfg.mesh.rule("act_kv_heads"))
     kv_shards = kv_sharding if m.n_kv_heads % kv_sharding == 0 else 1
     cache_bytes = kv_cache.cache_bytes(m, sessions, cfg.serve.max_len) / (cache_shards * kv_shards)
-    return Plan(cfg.mesh.name, num_devices, sizes, total, active, expert, per_device, per_device * ADAM_STATES,
-                cache_bytes, sessions, cfg.serve.max_len)
+    return Plan(
+        cfg.mesh.name,
+        num_devices,
+        sizes,
+        total,
+        active,
+        expert,
+        per_device,
+        per_device * ADAM_STATES,
+        cache_bytes,
+        sessions,
+        cfg.serve.max_len,
+    )
 
 
 def default_device_count(mesh: config_lib.MeshConfig) -> int | None:
     """The device count a mesh config implies when no axis is -1 (None otherwise)."""
     sizes = [getattr(mesh.axes, a) * getattr(mesh.dcn, a) for a in config_lib.MESH_AXES]
     return None if any(getattr(mesh.axes, a) == -1 for a in config_lib.MESH_AXES) else math.prod(sizes)
-

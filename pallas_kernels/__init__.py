@@ -1,0 +1,1 @@
+"""Pallas kernels, one package per op (reference, TPU, GPU, api, bench); independent of interaction_jax."""

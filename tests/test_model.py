@@ -60,7 +60,9 @@ def test_window_forward_equals_chunk_by_chunk(name):
     offset = 0
     for k in range(start, start + chunks):
         n_in = len(stream.input_kinds(s, k))
-        bounds = [(offset, offset + n_in)] + [(i, i + 1) for i in range(offset + n_in, offset + stream.chunk_length(s, k))]
+        bounds = [(offset, offset + n_in)] + [
+            (i, i + 1) for i in range(offset + n_in, offset + stream.chunk_length(s, k))
+        ]
         for a, b in bounds:
             hidden, cache = step(params, cache, token_slice(batch, a, b))
             pieces.append(hidden)
@@ -82,8 +84,9 @@ def input_block(s, chunks: list[stream.ChunkPayload], teacher: bool) -> dict:
     }
     if s.video:
         n = s.patches_per_frame
-        block["patches"] = np.stack([
-            stream.patchify(c.frame) if c.frame is not None else np.zeros((n, 40, 40, 3), np.uint8) for c in chunks])
+        block["patches"] = np.stack(
+            [stream.patchify(c.frame) if c.frame is not None else np.zeros((n, 40, 40, 3), np.uint8) for c in chunks]
+        )
     if teacher:
         block["teacher_text"] = np.stack([c.text_out for c in chunks])
         block["teacher_mel"] = np.stack([c.audio_out_mel for c in chunks])
@@ -150,8 +153,9 @@ def test_sharded_forward_and_gradients_match_single_device(tiny_params):
         return jax.value_and_grad(lambda p: step_lib.loss_fn(p, batch, rng, cfg=cfg), has_aux=True)(params)
 
     with sharding.mesh_context(mesh, mesh_cfg):
-        params, _ = sharding.init_sharded(lambda r: step_lib.init_variables(cfg, r)["params"], mesh, mesh_cfg,
-                                          jax.random.key(0))
+        params, _ = sharding.init_sharded(
+            lambda r: step_lib.init_variables(cfg, r)["params"], mesh, mesh_cfg, jax.random.key(0)
+        )
         (loss, metrics), grads = jax.jit(loss_and_grad)(params, sharding.shard_batch(batch, mesh, mesh_cfg))
     # The single-device reference runs on the same values, gathered onto one device, with no mesh.
     single = jax.device_put(jax.device_get(params), jax.devices()[0])
@@ -186,7 +190,8 @@ def test_tiny_overfits_one_batch():
     def update(params, opt_state, i):
         rng = jax.random.fold_in(jax.random.key(1), i)
         (_, metrics), grads = jax.value_and_grad(lambda p: step_lib.loss_fn(p, batch, rng, cfg=cfg), has_aux=True)(
-            params)
+            params
+        )
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 

@@ -30,8 +30,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = N
 def cache_logical_axes(cfg: ModelConfig) -> Cache:
     """Logical axis names for every leaf of the cache (for shardings)."""
     layer = {"k": CACHE_AXES, "v": CACHE_AXES}
-    return {"layers": tuple(layer for _ in range(cfg.n_layers)), "length": ("cache_batch",),
-            "chunk": ("cache_batch",)}
+    return {"layers": tuple(layer for _ in range(cfg.n_layers)), "length": ("cache_batch",), "chunk": ("cache_batch",)}
 
 
 def capacity(cache: Cache) -> int:

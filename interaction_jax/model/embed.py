@@ -33,8 +33,13 @@ class DMelBag(nn.Module):
     def __call__(self, levels: jax.Array) -> jax.Array:
         s = self.stream
         n_terms = s.stack * s.n_mels
-        table = param(self, "table", (s.stack, s.n_mels, s.dmel_levels, self.d_model), (None, None, None, "embed"),
-                      nn.initializers.normal(stddev=n_terms**-0.5))
+        table = param(
+            self,
+            "table",
+            (s.stack, s.n_mels, s.dmel_levels, self.d_model),
+            (None, None, None, "embed"),
+            nn.initializers.normal(stddev=n_terms**-0.5),
+        )
         # A one-hot contraction instead of a gather-then-sum: it never materialises the
         # [tokens, stack, mels, D] intermediate and is a plain (deterministic) matmul.
         one_hot = jax.nn.one_hot(levels.astype(jnp.int32), s.dmel_levels, dtype=compute_dtype(self.dtype))
@@ -101,4 +106,3 @@ class Embedder(nn.Module):
             patch = patch + rows.astype(dtype)[cell // s.patch_cols] + cols.astype(dtype)[cell % s.patch_cols]
             x = scatter_into(x, patch, batch["patch_index"])
         return nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
-

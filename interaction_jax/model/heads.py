@@ -46,7 +46,8 @@ class FlowHead(nn.Module):
         dtype = self.dtype
         zeros = nn.initializers.zeros
         temb = Dense(self.hidden, (None, "mlp"), dtype, use_bias=True, name="time_in")(
-            timestep_embedding(t, 256).astype(compute_dtype(dtype)))
+            timestep_embedding(t, 256).astype(compute_dtype(dtype))
+        )
         c = nn.silu(Dense(self.hidden, ("embed", "mlp"), dtype, use_bias=True, name="cond_in")(cond) + temb)
         h = Dense(self.hidden, (None, "mlp"), dtype, use_bias=True, name="x_in")(x_t)
         for i in range(self.blocks):
@@ -57,7 +58,8 @@ class FlowHead(nn.Module):
             y = Dense(self.hidden, (None, "mlp"), dtype, use_bias=True, name=f"fc{i}b")(nn.silu(y))
             h = h + gate * y
         shift, scale = jnp.split(
-            Dense(2 * self.hidden, ("mlp", None), dtype, use_bias=True, kernel_init=zeros, name="mod_out")(c), 2, -1)
+            Dense(2 * self.hidden, ("mlp", None), dtype, use_bias=True, kernel_init=zeros, name="mod_out")(c), 2, -1
+        )
         out = Dense(self.out_dim, ("mlp", None), dtype, use_bias=True, kernel_init=zeros, name="out")
         return out(modulated_norm(h, shift, scale)).astype(jnp.float32)
 
@@ -79,8 +81,9 @@ def flow_matching_loss(velocity: VelocityFn, target: jax.Array, mask: jax.Array,
     return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def euler_sample(velocity: VelocityFn, shape: tuple[int, ...], steps: int, temperature: jax.Array,
-                 rng: jax.Array) -> jax.Array:
+def euler_sample(
+    velocity: VelocityFn, shape: tuple[int, ...], steps: int, temperature: jax.Array, rng: jax.Array
+) -> jax.Array:
     """Integrate dx/dt = v from noise (scaled by `temperature`) at t = 0 to t = 1 in `steps` Euler steps."""
     x = temperature * jax.random.normal(rng, shape, jnp.float32)
     dt = 1.0 / steps

@@ -175,13 +175,14 @@ DISPATCHES = {"dense": experts_dense, "ragged": experts_ragged, "gather": expert
 
 
 def _mesh_axes(logical: str, mesh) -> tuple[str, ...]:
-    """The mesh axes the active logical rules map `logical` to, keeping only axes of `mesh`."""
+    """The mesh axes the active logical rules map `logical` to, keeping only the mesh's non-manual axes."""
     spec = nn.logical_to_mesh_axes((logical,))
     entry = spec[0] if spec is not None and len(spec) else None
     if entry is None:
         return ()
     axes = (entry,) if isinstance(entry, str) else tuple(entry)
-    return tuple(a for a in axes if a in mesh.axis_names)
+    types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    return tuple(a for a in axes if a in types and types[a] != jax.sharding.AxisType.Manual)
 
 
 def _dividing(axes: Sequence[str], mesh, size: int) -> tuple[str, ...]:
@@ -248,7 +249,7 @@ def experts_ragged_ep(
     b, t, d = x.shape
     n_experts, _, f = w_gate.shape
     ep_axes = expert_parallel_axes(n_experts)
-    mlp_axes = tuple(a for a in _dividing(_mesh_axes("exp_mlp", mesh), mesh, f) if a not in ep_axes)
+    mlp_axes = _dividing([a for a in _mesh_axes("exp_mlp", mesh) if a not in ep_axes], mesh, f)
     used = set(ep_axes) | set(mlp_axes)
     batch_axes = _dividing(_mesh_axes("act_batch", mesh), mesh, b)
     len_axes = _dividing([a for a in _mesh_axes("act_len", mesh) if a not in batch_axes], mesh, t)

@@ -164,8 +164,9 @@ def input_block_batch(cfg: Config, cache: Cache, block: dict) -> dict:
     kind = stream.input_block_kinds(s, has_frame)
     kind = jnp.where(block["active"][:, None], kind, Kind.PAD).astype(jnp.int32)
     n = kind.shape[1]
-    text = jnp.concatenate([jnp.full((b, n_audio + n_patch), tokenizer.PAD, jnp.int32),
-                            block["text"].astype(jnp.int32)], axis=1)
+    text = jnp.concatenate(
+        [jnp.full((b, n_audio + n_patch), tokenizer.PAD, jnp.int32), block["text"].astype(jnp.int32)], axis=1
+    )
     batch = {
         "kind": kind,
         # A live session starts at position 0 with an empty cache and writes every non-empty token,
@@ -177,14 +178,21 @@ def input_block_batch(cfg: Config, cache: Cache, block: dict) -> dict:
     }
     if s.video:
         patch_index = jnp.where(has_frame[:, None], n_audio + jnp.arange(n_patch, dtype=jnp.int32), n)
-        batch |= {"patches": block["patches"], "patch_index": patch_index,
-                  "patch_cell": jnp.broadcast_to(jnp.arange(n_patch, dtype=jnp.int32), (b, n_patch))}
+        batch |= {
+            "patches": block["patches"],
+            "patch_index": patch_index,
+            "patch_cell": jnp.broadcast_to(jnp.arange(n_patch, dtype=jnp.int32), (b, n_patch)),
+        }
     return batch
 
 
-
-def _one_token_batch(kind: jax.Array, cache: Cache, text: jax.Array | None = None,
-                     audio: jax.Array | None = None, cfg: Config | None = None) -> dict:
+def _one_token_batch(
+    kind: jax.Array,
+    cache: Cache,
+    text: jax.Array | None = None,
+    audio: jax.Array | None = None,
+    cfg: Config | None = None,
+) -> dict:
     """The step batch of a single output token per row (TEXT_OUT with `text`, or AUDIO_OUT with `audio`)."""
     b = kind.shape[0]
     s = cfg.stream
@@ -197,13 +205,17 @@ def _one_token_batch(kind: jax.Array, cache: Cache, text: jax.Array | None = Non
         "audio_index": jnp.full((b, 1), 0 if audio is not None else 1, jnp.int32),
     }
     if s.video:  # no patches in output tokens: one unused entry keeps the structure fixed
-        batch |= {"patches": jnp.zeros((b, 1, PATCH_SIZE, PATCH_SIZE, 3), jnp.uint8),
-                  "patch_index": jnp.ones((b, 1), jnp.int32), "patch_cell": jnp.zeros((b, 1), jnp.int32)}
+        batch |= {
+            "patches": jnp.zeros((b, 1, PATCH_SIZE, PATCH_SIZE, 3), jnp.uint8),
+            "patch_index": jnp.ones((b, 1), jnp.int32),
+            "patch_cell": jnp.zeros((b, 1), jnp.int32),
+        }
     return batch
 
 
-def microturn(params: dict, cache: Cache, input_block: dict, rng: jax.Array, sampling: Sampling, *,
-              cfg: Config) -> tuple[dict, Cache]:
+def microturn(
+    params: dict, cache: Cache, input_block: dict, rng: jax.Array, sampling: Sampling, *, cfg: Config
+) -> tuple[dict, Cache]:
     """One 200 ms tick for every row: prefill the chunk's input block, then generate its output block.
 
     `input_block`: `audio` uint8 [B, audio_slots, stack, n_mels] dMel levels; `text` int32
@@ -238,8 +250,13 @@ def microturn(params: dict, cache: Cache, input_block: dict, rng: jax.Array, sam
     def audio_slot(carry, xs):
         h, cache = carry
         slot_rng, teacher = xs
-        frames = euler_sample(flow_velocity(params, h, cfg), (h.shape[0], s.stack * s.n_mels), sampling.flow_steps,
-                              sampling.flow_temperature, slot_rng)
+        frames = euler_sample(
+            flow_velocity(params, h, cfg),
+            (h.shape[0], s.stack * s.n_mels),
+            sampling.flow_steps,
+            sampling.flow_temperature,
+            slot_rng,
+        )
         mel = stream.denormalize_mel(frames.reshape(-1, s.stack, s.n_mels), s)
         mel = teacher if teacher is not None else mel
         levels = stream.quantize_dmel(mel, s)
@@ -253,10 +270,10 @@ def microturn(params: dict, cache: Cache, input_block: dict, rng: jax.Array, sam
 
     teacher_text = input_block.get("teacher_text")
     teacher_mel = input_block.get("teacher_mel")
-    (h, cache), (tokens, logits) = jax.lax.scan(text_slot, (h, cache),
-                                                slot_inputs(text_rng, s.text_out_slots, teacher_text))
-    (h, cache), (mel, levels) = jax.lax.scan(audio_slot, (h, cache),
-                                             slot_inputs(audio_rng, s.audio_slots, teacher_mel))
+    (h, cache), (tokens, logits) = jax.lax.scan(
+        text_slot, (h, cache), slot_inputs(text_rng, s.text_out_slots, teacher_text)
+    )
+    (h, cache), (mel, levels) = jax.lax.scan(audio_slot, (h, cache), slot_inputs(audio_rng, s.audio_slots, teacher_mel))
     cache = cache | {"chunk": cache["chunk"] + active.astype(jnp.int32)}
     outputs = {
         "text": jnp.moveaxis(tokens, 0, 1),

@@ -30,8 +30,9 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, positions, slots, token_mask, layer_cache):
         c = self.cfg
-        h, layer_cache = Attention(c, name="attn")(RMSNorm(c.norm_eps, name="attn_norm")(x), positions, slots,
-                                                   layer_cache)
+        h, layer_cache = Attention(c, name="attn")(
+            RMSNorm(c.norm_eps, name="attn_norm")(x), positions, slots, layer_cache
+        )
         x = x + h.astype(x.dtype)
         y = RMSNorm(c.norm_eps, name="ffn_norm")(x)
         if self.dense:
