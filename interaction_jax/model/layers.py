@@ -79,12 +79,6 @@ class Dense(nn.Module):
         return y
 
 
-def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
-    """The SwiGLU feed-forward: (silu(x Wg) * x Wu) Wd, in x's dtype."""
-    h = jax.nn.silu(x @ w_gate.astype(x.dtype)) * (x @ w_up.astype(x.dtype))
-    return h @ w_down.astype(x.dtype)
-
-
 class MLP(nn.Module):
     """A dense SwiGLU feed-forward (dense layers and the MoE shared expert)."""
 
