@@ -30,7 +30,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array) -> 
     """Causal GQA attention of q [B, T, H, D] over cache k, v [B, S, Hkv, D].
 
     Query t sees cache slots ≤ query_slots[b, t]. Masked scores are removed with `where` (not an
-    additive bias) so masked slots contribute exactly zero. Softmax runs in float32.
+    additive bias) so masked slots contribute exactly zero. Softmax runs in float32. A query at a slot
+    ≥ S is an empty token (nothing written); its output is unspecified.
     """
     b, t, h, d = q.shape
     hkv = k.shape[2]
@@ -42,6 +43,12 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array) -> 
     peak = jnp.max(scores, axis=-1, keepdims=True)
     weights = jnp.where(visible, jnp.exp(scores - jnp.maximum(peak, -1e30)), 0.0)
     weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
+    # A masked weight is exactly 0, but 0 · NaN is NaN: zero the values past the last slot any query
+    # of the row can see (unwritten or stale), so nothing left there can reach the output. Slots up to
+    # that point were all written by this or an earlier call.
+    last_seen = jnp.max(jnp.where(query_slots < k.shape[1], query_slots, -1), axis=1)  # [B]
+    live = jnp.arange(v.shape[1])[None, :] <= last_seen[:, None]
+    v = jnp.where(live[:, :, None, None], v, jnp.zeros((), v.dtype))
     out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return out.reshape(b, t, h, d).astype(q.dtype)
 

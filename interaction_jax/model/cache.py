@@ -44,6 +44,7 @@ def cache_bytes(cfg: ModelConfig, batch: int, max_len: int) -> int:
 
 
 def write(kv: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
-    """kv[b, slots[b, t]] = new[b, t]; a slot ≥ capacity (an empty token) writes nothing."""
+    """kv[b, slots[b, t]] = new[b, t]; a slot outside [0, capacity) (an empty token) writes nothing."""
     rows = jnp.arange(kv.shape[0])[:, None]
+    slots = jnp.where(slots < 0, kv.shape[1], slots)  # .at[] would wrap a negative slot to the end
     return kv.at[rows, slots].set(new.astype(kv.dtype), mode="drop")

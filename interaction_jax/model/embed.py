@@ -19,6 +19,7 @@ from interaction_jax.model.layers import Dense, LayerNorm, compute_dtype, param
 def scatter_into(x: jax.Array, values: jax.Array, index: jax.Array) -> jax.Array:
     """x[b, index[b, i]] += values[b, i]; indices outside [0, T) (unused entries) are dropped."""
     rows = jnp.arange(x.shape[0])[:, None]
+    index = jnp.where(index < 0, x.shape[1], index)  # .at[] would wrap a negative index to the end
     return x.at[rows, index].add(values.astype(x.dtype), mode="drop")
 
 
