@@ -470,6 +470,28 @@ def _mesh_size(sizes: dict[str, int], axes: tuple[str, ...]) -> int:
     return math.prod(sizes[a] for a in axes)
 
 
+# Numeric fields that may be 0 (off / none), and the ones that may be any sign; all others must be > 0.
+_MAY_BE_ZERO = frozenset(
+    {
+        "shared_expert_mlp",
+        "dense_every",
+        "warmup_steps",
+        "weight_decay",
+        "temperature",
+        "pad_weight",
+        "flow_weight",
+        "load_balance_weight",
+        "router_z_weight",
+        "seed",
+        "grad_clip",
+        "fmin",
+        "min_lr_ratio",
+        "mel_mean",
+    }
+)
+_MAY_BE_NEGATIVE = frozenset({"dmel_min", "mel_mean"})
+
+
 def validate(cfg: Config, num_devices: int | None = None) -> Config:
     """Raise ConfigError for the first problem found; return cfg unchanged when it is sound.
 
@@ -479,26 +501,10 @@ def validate(cfg: Config, num_devices: int | None = None) -> Config:
         sub = getattr(cfg, section)
         for f in dataclasses.fields(sub):
             value = getattr(sub, f.name)
-            allowed_zero = {
-                "shared_expert_mlp",
-                "dense_every",
-                "warmup_steps",
-                "weight_decay",
-                "temperature",
-                "pad_weight",
-                "flow_weight",
-                "load_balance_weight",
-                "router_z_weight",
-                "seed",
-                "grad_clip",
-                "fmin",
-                "min_lr_ratio",
-                "mel_mean",
-            }
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if f.name in ("dmel_min", "mel_mean"):
+                if f.name in _MAY_BE_NEGATIVE:
                     continue
-                if value < 0 or (value == 0 and f.name not in allowed_zero):
+                if value < 0 or (value == 0 and f.name not in _MAY_BE_ZERO):
                     raise ConfigError(f"{section}.{f.name}", f"must be positive, got {value}", "use a value > 0")
     m, s, t = cfg.model, cfg.stream, cfg.train
     if m.n_heads % m.n_kv_heads:
@@ -563,6 +569,7 @@ def validate(cfg: Config, num_devices: int | None = None) -> Config:
             ("mlp", m.dense_mlp, "model.dense_mlp"),
             ("exp_mlp", m.expert_mlp, "model.expert_mlp"),
             ("act_batch", t.batch_size, "train.batch_size"),
+            ("cache_batch", cfg.serve.max_sessions, "serve.max_sessions"),
         ]
         for logical, value, key in checks:
             axes = cfg.mesh.rule(logical)
