@@ -133,3 +133,17 @@ def test_cli_config_error_exits_2_with_the_key():
     out = run_cli("config", "--set", "model.n_experts=0")
     assert out.returncode == 2
     assert "model.n_experts: must be positive" in out.stderr
+
+
+def test_cli_plan_prints_the_table():
+    out = run_cli("plan", "--preset", "tml-small-shape", "--mesh", "mesh_configs/tpu-v5p-128.yaml")
+    assert out.returncode == 0, out.stderr
+    assert "128 devices, data 2 × fsdp 16 × expert 4" in out.stdout
+    total = next(line for line in out.stdout.splitlines() if line.startswith("total parameters"))
+    assert 265 <= float(total.split()[-2]) <= 285
+
+
+def test_cli_without_a_command_prints_usage():
+    out = run_cli()
+    assert out.returncode != 0
+    assert "commands: config, plan" in out.stderr

@@ -203,3 +203,52 @@ def test_tiny_overfits_one_batch():
     first, last = losses[0], float(np.mean(losses[-20:]))
     assert last <= 0.1 * first, (first, last)
     assert float(metrics["text_acc"]) == 1.0
+
+
+def abstract_window_batch(cfg: config_lib.Config, rows: int) -> dict:
+    """Shape-only training batch of `rows` windows (train.window_chunks chunks each)."""
+    s, n = cfg.stream, cfg.train.window_chunks
+    t, na, np_ = stream.window_length(s, n), stream.num_audio_entries(s, n), stream.num_patch_entries(s, n)
+    shapes = {
+        "kind": ((rows, t), jnp.int32),
+        "position": ((rows, t), jnp.int32),
+        "text": ((rows, t), jnp.int32),
+        "audio": ((rows, na, s.stack, s.n_mels), jnp.uint8),
+        "audio_index": ((rows, na), jnp.int32),
+        "audio_mel": ((rows, na, s.stack, s.n_mels), jnp.float32),
+        "patches": ((rows, np_, 40, 40, 3), jnp.uint8),
+        "patch_index": ((rows, np_), jnp.int32),
+        "patch_cell": ((rows, np_), jnp.int32),
+    }
+    return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
+
+
+@pytest.mark.parametrize("name", ["small", "base"])
+def test_larger_presets_trace_training_and_serving(name):
+    """The GPU presets are never run on CPU, but their training gradient and microturn must trace
+    with the shapes the layout promises (bfloat16 compute, remat, shared experts, larger frames)."""
+    cfg = config_lib.validate(config_lib.preset(name))
+    s = cfg.stream
+    params = jax.eval_shape(lambda r: step_lib.init_params(cfg, r), jax.random.key(0))
+    grads = jax.eval_shape(
+        lambda p, b: jax.grad(lambda p: step_lib.loss_fn(p, b, jax.random.key(0), cfg=cfg)[0])(p),
+        params,
+        abstract_window_batch(cfg, 2),
+    )
+    assert jax.tree.map(lambda g: (g.shape, g.dtype), grads) == jax.tree.map(lambda p: (p.shape, p.dtype), params)
+    cache = jax.eval_shape(lambda: kv_cache.init_cache(cfg.model, 2, 1024))
+    block = {
+        "audio": jax.ShapeDtypeStruct((2, s.audio_slots, s.stack, s.n_mels), jnp.uint8),
+        "text": jax.ShapeDtypeStruct((2, s.text_in_slots), jnp.int32),
+        "patches": jax.ShapeDtypeStruct((2, s.patches_per_frame, 40, 40, 3), jnp.uint8),
+        "active": jax.ShapeDtypeStruct((2,), bool),
+    }
+    outputs, new_cache = jax.eval_shape(
+        lambda p, c, b: step_lib.microturn(p, c, b, jax.random.key(0), step_lib.Sampling.from_config(cfg), cfg=cfg),
+        params,
+        cache,
+        block,
+    )
+    assert outputs["text"].shape == (2, s.text_out_slots)
+    assert outputs["mel"].shape == (2, s.audio_slots, s.stack, s.n_mels)
+    assert new_cache["layers"][0]["k"].dtype == jnp.bfloat16
