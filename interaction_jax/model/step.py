@@ -160,7 +160,7 @@ def input_block_batch(cfg: Config, cache: Cache, block: dict) -> dict:
     s = cfg.stream
     b = block["text"].shape[0]
     n_audio, n_patch = s.audio_slots, s.patches_per_frame
-    has_frame = (s.video & (cache["chunk"] % s.video_every == 0)) if s.video else jnp.zeros((b,), bool)
+    has_frame = cache["chunk"] % s.video_every == 0 if s.video else jnp.zeros((b,), bool)
     kind = stream.input_block_kinds(s, has_frame)
     kind = jnp.where(block["active"][:, None], kind, Kind.PAD).astype(jnp.int32)
     n = kind.shape[1]
@@ -187,11 +187,7 @@ def input_block_batch(cfg: Config, cache: Cache, block: dict) -> dict:
 
 
 def _one_token_batch(
-    kind: jax.Array,
-    cache: Cache,
-    text: jax.Array | None = None,
-    audio: jax.Array | None = None,
-    cfg: Config | None = None,
+    cfg: Config, kind: jax.Array, cache: Cache, text: jax.Array | None = None, audio: jax.Array | None = None
 ) -> dict:
     """The step batch of a single output token per row (TEXT_OUT with `text`, or AUDIO_OUT with `audio`)."""
     b = kind.shape[0]
@@ -244,7 +240,7 @@ def microturn(
         token = sample_text(logits, sampling.temperature, sampling.top_p, slot_rng)
         token = teacher if teacher is not None else token
         kind = jnp.where(active, Kind.TEXT_OUT, Kind.PAD).astype(jnp.int32)
-        hidden, cache, _ = step(params, cache, _one_token_batch(kind, cache, text=token, cfg=cfg), cfg=cfg)
+        hidden, cache, _ = step(params, cache, _one_token_batch(cfg, kind, cache, text=token), cfg=cfg)
         return (hidden[:, 0], cache), (token, logits)
 
     def audio_slot(carry, xs):
@@ -261,7 +257,7 @@ def microturn(
         mel = teacher if teacher is not None else mel
         levels = stream.quantize_dmel(mel, s)
         kind = jnp.where(active, Kind.AUDIO_OUT, Kind.PAD).astype(jnp.int32)
-        hidden, cache, _ = step(params, cache, _one_token_batch(kind, cache, audio=levels, cfg=cfg), cfg=cfg)
+        hidden, cache, _ = step(params, cache, _one_token_batch(cfg, kind, cache, audio=levels), cfg=cfg)
         return (hidden[:, 0], cache), (mel, levels)
 
     def slot_inputs(key, n, teacher):
