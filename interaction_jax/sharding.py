@@ -111,6 +111,16 @@ def logical_sharding(logical_axes: tuple, mesh: Mesh, mesh_cfg: MeshConfig) -> N
     return NamedSharding(mesh, spec)
 
 
+def is_logical_axes(x: Any) -> bool:
+    """Whether `x` is one array's logical axes: a tuple of names / None (not a tuple of subtrees)."""
+    return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
+
+
+def axes_tree_shardings(axes_tree: Any, mesh: Mesh, mesh_cfg: MeshConfig) -> Any:
+    """NamedShardings for a pytree whose leaves are logical-axes tuples (e.g. `cache_logical_axes`)."""
+    return jax.tree.map(lambda axes: logical_sharding(axes, mesh, mesh_cfg), axes_tree, is_leaf=is_logical_axes)
+
+
 def tree_shardings(tree: Any, mesh: Mesh, mesh_cfg: MeshConfig) -> Any:
     """NamedShardings for a pytree whose leaves may be `nn.LogicallyPartitioned` boxes.
 

@@ -252,3 +252,38 @@ def test_larger_presets_trace_training_and_serving(name):
     assert outputs["text"].shape == (2, s.text_out_slots)
     assert outputs["mel"].shape == (2, s.audio_slots, s.stack, s.n_mels)
     assert new_cache["layers"][0]["k"].dtype == jnp.bfloat16
+
+
+def test_sharded_microturn_matches_single_device(tiny_params):
+    """Serving on the cpu-8 mesh (sessions over data × expert, heads and experts sharded) gives the
+    single-device outputs: text logits and fed-back caches agree to float tolerance."""
+    mesh_cfg = config_lib.load_mesh("mesh_configs/cpu-8.yaml")
+    cfg = config_lib.validate(dataclasses.replace(TINY, mesh=mesh_cfg), num_devices=8)
+    s = cfg.stream
+    mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:8])
+    rows, chunks = 4, 6
+    per_row = [random_chunks(s, 0, chunks, seed=40 + r) for r in range(rows)]
+    sampling = step_lib.Sampling.from_config(cfg)
+
+    def run(params, place):
+        microturn = step_lib.jit_microturn(cfg)
+        cache = place(kv_cache.init_cache(cfg.model, rows, 128), kv_cache.cache_logical_axes(cfg.model))
+        logits = []
+        for k in range(chunks):
+            block = input_block(s, [per_row[r][k] for r in range(rows)], teacher=True)
+            block = {name: place(value, ("cache_batch",) + (None,) * (value.ndim - 1)) for name, value in block.items()}
+            outputs, cache = microturn(params, cache, block, jax.random.key(k), sampling)
+            logits.append(np.asarray(outputs["text_logits"]))
+        return np.stack(logits), cache
+
+    expected, ref_cache = run(tiny_params, lambda x, axes: x)
+    with sharding.mesh_context(mesh, mesh_cfg):
+        params, _ = sharding.init_sharded(
+            lambda r: step_lib.init_variables(cfg, r)["params"], mesh, mesh_cfg, jax.random.key(0)
+        )
+        placed = lambda x, axes: jax.device_put(x, sharding.axes_tree_shardings(axes, mesh, mesh_cfg))
+        got, cache = run(params, placed)
+    assert cache["layers"][0]["k"].sharding.spec == jax.sharding.PartitionSpec(("data", "expert"), None, "tensor")
+    assert rel_err(got, expected) <= 1e-5
+    np.testing.assert_array_equal(cache["length"], ref_cache["length"])
+    assert rel_err(cache["layers"][-1]["v"], ref_cache["layers"][-1]["v"]) <= 1e-5
