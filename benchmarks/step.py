@@ -26,32 +26,12 @@ from interaction_jax import config as config_lib
 from interaction_jax import stream
 from interaction_jax.model import cache as kv_cache
 from interaction_jax.model import step as step_lib
-
-
-def synthetic_batch(cfg: config_lib.Config, batch: int, num_chunks: int, seed: int = 0) -> dict:
-    s = cfg.stream
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(batch):
-        chunks = [
-            stream.ChunkPayload(
-                audio_in=rng.integers(0, s.dmel_levels, (s.audio_slots, s.stack, s.n_mels), dtype=np.uint8),
-                text_in=np.full((s.text_in_slots,), 256, np.int32),
-                text_out=rng.integers(0, 256, (s.text_out_slots,), dtype=np.int32),
-                audio_out_mel=rng.uniform(-7, 2, (s.audio_slots, s.stack, s.n_mels)).astype(np.float32),
-                frame=rng.integers(0, 256, (s.frame_height, s.frame_width, 3), dtype=np.uint8)
-                if stream.chunk_has_frame(s, k)
-                else None,
-            )
-            for k in range(num_chunks)
-        ]
-        rows.append(stream.assemble_window(s, 0, chunks))
-    return stream.stack_windows(rows)
+from interaction_jax.testing import random_batch
 
 
 def bench_train(cfg: config_lib.Config, steps: int) -> dict:
     t = cfg.train
-    batch = synthetic_batch(cfg, t.batch_size, t.window_chunks)
+    batch = random_batch(cfg.stream, t.window_chunks, t.batch_size)
     params = step_lib.init_params(cfg, jax.random.key(0))
     opt = optax.adamw(t.learning_rate, weight_decay=t.weight_decay)
     opt_state = opt.init(params)

@@ -21,7 +21,7 @@ from interaction_jax.model import attention, embed, heads, layers
 from interaction_jax.model import cache as kv_cache
 from interaction_jax.model import step as step_lib
 from interaction_jax.stream import Kind
-from tests.fixtures import random_batch
+from interaction_jax.testing import random_batch
 
 TINY = config_lib.preset("tiny")
 # A smaller-than-tiny model for the end-to-end loss checks (compiles fast on CPU; no video, whose

@@ -14,7 +14,8 @@ from interaction_jax import config as config_lib
 from interaction_jax import sharding, stream, tokenizer
 from interaction_jax.model import cache as kv_cache
 from interaction_jax.model import step as step_lib
-from tests.fixtures import random_batch, random_chunks, token_slice
+from interaction_jax.testing import random_batch, random_chunks
+from tests.fixtures import token_slice
 
 TINY = config_lib.preset("tiny")
 
