@@ -185,6 +185,21 @@ class KernelsConfig:
     alignment: Literal["fast"] = "fast"
 
 
+SCENARIOS = ("turn_taking", "backchannel", "interruption", "time_speak", "cue_speak", "rep_count", "delegate")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The synthetic episode mix and its pipeline (DESIGN §9)."""
+
+    scenarios: tuple[str, ...] = SCENARIOS
+    weights: tuple[float, ...] = (1.0,) * len(SCENARIOS)  # mixture weights, one per scenario
+    episode_chunks: int = 50  # 10 s at 200 ms; windows of train.window_chunks are cut from it
+    seed: int = 0  # episode seeds, mixture draws and voice assignment all derive from it
+    clip_cache: str = ""  # clip bank folder; "" → $INTERACTION_JAX_CACHE/clips or ~/.cache/interaction-jax/clips
+    num_workers: int = 0  # grain worker processes (0: in the main process)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     model: ModelConfig = ModelConfig()
@@ -193,6 +208,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     serve: ServeConfig = ServeConfig()
     kernels: KernelsConfig = KernelsConfig()
+    data: DataConfig = DataConfig()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,6 +503,7 @@ _MAY_BE_ZERO = frozenset(
         "fmin",
         "min_lr_ratio",
         "mel_mean",
+        "num_workers",
     }
 )
 _MAY_BE_NEGATIVE = frozenset({"dmel_min", "mel_mean"})
@@ -497,7 +514,7 @@ def validate(cfg: Config, num_devices: int | None = None) -> Config:
 
     With `num_devices`, mesh-dependent checks run too (divisibility of heads, experts, vocab, batch).
     """
-    for section in ("model", "stream", "train", "serve"):
+    for section in ("model", "stream", "train", "serve", "data"):
         sub = getattr(cfg, section)
         for f in dataclasses.fields(sub):
             value = getattr(sub, f.name)
@@ -550,6 +567,32 @@ def validate(cfg: Config, num_devices: int | None = None) -> Config:
             f"{t.window_chunks} chunks is not a multiple of "
             f"stream.video_every={s.video_every}, so windows would differ in length",
             "use a multiple of video_every",
+        )
+    d = cfg.data
+    for name in d.scenarios:
+        if name not in SCENARIOS:
+            raise ConfigError("data.scenarios", f"unknown scenario {name!r}", f"use names from {list(SCENARIOS)}")
+    if len(d.weights) != len(d.scenarios) or not d.scenarios:
+        raise ConfigError(
+            "data.weights",
+            f"{len(d.weights)} weights for {len(d.scenarios)} scenarios",
+            "give one weight per entry of data.scenarios",
+        )
+    if any(w < 0 for w in d.weights) or sum(d.weights) <= 0:
+        raise ConfigError("data.weights", f"weights must be >= 0 with a positive sum, got {list(d.weights)}", "")
+    from interaction_jax.data.scenarios import MIN_EPISODE_SECONDS  # local: data imports this module
+
+    if d.episode_chunks * s.chunk_ms < 1000 * MIN_EPISODE_SECONDS:
+        need = math.ceil(1000 * MIN_EPISODE_SECONDS / s.chunk_ms)
+        raise ConfigError(
+            "data.episode_chunks",
+            f"{d.episode_chunks} chunks of {s.chunk_ms} ms is shorter than the {MIN_EPISODE_SECONDS} s "
+            "every scenario needs for a whole exchange",
+            f"use at least {need} chunks",
+        )
+    if not s.video and any(n == "rep_count" and w > 0 for n, w in zip(d.scenarios, d.weights, strict=True)):
+        raise ConfigError(
+            "data.scenarios", "rep_count counts a motion in the video, but stream.video is off", "drop rep_count"
         )
     if cfg.mesh.device_kind not in ("cpu", "gpu", "tpu"):
         raise ConfigError("mesh.device_kind", f"unknown kind {cfg.mesh.device_kind!r}", "use cpu, gpu or tpu")

@@ -147,3 +147,19 @@ def test_cli_without_a_command_prints_usage():
     out = run_cli()
     assert out.returncode != 0
     assert "commands: config, plan" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, key, message",
+    [
+        (["data.episode_chunks=20"], "data.episode_chunks", "at least 45 chunks"),
+        (["data.scenarios=[turn_taking, chitchat]", "data.weights=[1, 1]"], "data.scenarios", "chitchat"),
+        (["data.weights=[1, 2]"], "data.weights", "2 weights for 7 scenarios"),
+        (["data.weights=[0, 0, 0, 0, 0, 0, 0]"], "data.weights", "positive sum"),
+        (["stream.video=false"], "data.scenarios", "rep_count"),
+    ],
+)
+def test_data_config_errors_name_the_key(overrides, key, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        config_lib.validate(config_lib.override(config_lib.preset("tiny"), overrides))
+    assert err.value.key == key

@@ -103,7 +103,9 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[jax.Array, dict]:
     """Training loss of a batch of windows: text CE + λ·flow + MoE aux losses (DESIGN §10).
 
-    Each output token's payload is predicted from the hidden state of the token before it.
+    Each output token's payload is predicted from the hidden state of the token before it. An optional
+    `batch["loss_mask"]` float32 [B, T] scales each target token's loss (0 on padding chunks past the end
+    of an episode); without it every output token counts.
     """
     t = cfg.train
     b, length = batch["kind"].shape
@@ -111,12 +113,18 @@ def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[
 
     logits = text_logits(params, hidden, cfg=cfg)
     targets, weights = stream.text_targets(batch["kind"], batch["text"], t.pad_weight)
+    mask = batch.get("loss_mask")
+    if mask is not None:  # weights[t] scores token t+1
+        weights = weights * jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
     ce = cross_entropy(logits, targets)
     text_loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
     scored = (weights > 0) & (targets != tokenizer.PAD)
     correct = (jnp.argmax(logits, axis=-1) == targets) & scored
 
     is_out = stream.audio_out_entries(batch["kind"], batch["audio_index"])  # [B, Na]
+    if mask is not None:
+        entry_mask = jnp.take_along_axis(mask, jnp.clip(batch["audio_index"], 0, length - 1), axis=1)
+        is_out = is_out & (entry_mask > 0)
     prev = jnp.clip(batch["audio_index"] - 1, 0, length - 1)
     cond = jnp.take_along_axis(hidden, prev[..., None], axis=1).reshape(-1, hidden.shape[-1])
     target = stream.normalize_mel(batch["audio_mel"], cfg.stream).reshape(cond.shape[0], -1)

@@ -1,0 +1,1 @@
+"""Audio front and back end: log-mel and dMel features, the mel vocoder, wav files, resampling, voices."""

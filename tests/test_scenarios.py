@@ -1,0 +1,471 @@
+"""The corpus and the seven interaction scenarios: shared rules, per-scenario timing, determinism, splits."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import re
+
+import numpy as np
+import pytest
+
+from interaction_jax import tokenizer
+from interaction_jax.audio.clip import Word
+from interaction_jax.config import SCENARIOS as SCENARIO_NAMES
+from interaction_jax.config import StreamConfig
+from interaction_jax.data import corpus
+from interaction_jax.data.bank import LiveClips
+from interaction_jax.data.episode import ScenarioContext, check_episode, chunk_samples
+from interaction_jax.data.render import place_text
+from interaction_jax.data.scenarios import MIN_EPISODE_SECONDS, SCENARIOS, EpisodeTooShort, common, make_episode
+from interaction_jax.video import scene as video_scene
+
+CFG = StreamConfig()
+SR = CFG.sample_rate
+S = chunk_samples(CFG)
+C = CFG.chunk_ms / 1000
+SEEDS = range(14)
+CLIPS = LiveClips()  # one synthesiser cache for the whole module
+
+
+class RecordingClips:
+    """A clip source that remembers every (text, voice) asked of it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.requests: set[tuple[str, object]] = set()
+
+    def get(self, text, voice):
+        self.requests.add((text, voice))
+        return self.inner.get(text, voice)
+
+
+@functools.cache
+def generate(name: str, seed: int, split: str = "train", video: bool = True, num_chunks: int = 50):
+    """(episode, the (text, voice) pairs it asked for), memoised across tests."""
+    clips = RecordingClips(CLIPS)
+    ctx = ScenarioContext(dataclasses.replace(CFG, video=video), clips, split, num_chunks)
+    return make_episode(name, seed, ctx), frozenset(clips.requests)
+
+
+def episodes(name: str, split: str = "train", video: bool = True, seeds=SEEDS):
+    return [generate(name, seed, split, video)[0] for seed in seeds]
+
+
+def decoded(events) -> str:
+    return tokenizer.decode(t for e in sorted(events, key=lambda e: e.time_s) for t in e.tokens)
+
+
+def overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def last_chunk_of(end_s: float) -> int:
+    return (round(end_s * SR) - 1) // S
+
+
+# ----------------------------------------------------------------------------------------------
+# The corpus
+
+
+def test_corpus_splits_are_disjoint_and_sized():
+    train_voices, heldout_voices = corpus.user_voices("train"), corpus.user_voices("heldout")
+    assert 6 <= len(train_voices) <= 10 and 2 <= len(heldout_voices) <= 4
+    pairs = lambda voices: {(v.language, v.variant) for v in voices}
+    assert not pairs(train_voices) & pairs(heldout_voices)
+    assert corpus.MODEL_VOICE not in train_voices + heldout_voices
+    for v in train_voices + heldout_voices:
+        assert 140 <= v.rate <= 200 and 30 <= v.pitch <= 75
+    total = 0
+    for category in corpus.CATEGORIES:
+        train, heldout = corpus.user_lines(category, "train"), corpus.user_lines(category, "heldout")
+        assert train and heldout and not set(train) & set(heldout), category
+        assert len(set(train)) == len(train) and len(set(heldout)) == len(heldout), category
+        total += len(train) + len(heldout)
+    assert total <= 200
+    with pytest.raises(ValueError, match="unknown user line category"):
+        corpus.user_lines("poetry", "train")
+
+
+def test_voices_exist_in_the_shipped_espeak_data():
+    from interaction_jax.audio import voices
+
+    for v in (*corpus.user_voices("train"), *corpus.user_voices("heldout"), corpus.MODEL_VOICE):
+        assert v.language in voices.languages(), v
+        assert v.variant == "" or v.variant in voices.variants(), v
+
+
+def test_model_lines_cover_every_answer_and_bank_entries_compose():
+    lines = corpus.model_lines()
+    assert len(set(lines)) == len(lines)
+    for split in ("train", "heldout"):
+        for a, b in corpus.addition_operands(split):
+            assert corpus.addition_question(a, b) in corpus.user_lines("delegate_question", split)
+            assert corpus.delegate_answer_line(str(a + b)) in lines
+        entries = corpus.bank_entries(split)
+        assert len(set(entries)) == len(entries)
+        user = sum(len(corpus.user_lines(c, split)) for c in corpus.CATEGORIES)
+        assert len(entries) == user * len(corpus.user_voices(split)) + len(lines)
+    for clock in corpus.CLOCK_TIMES:
+        assert corpus.delegate_answer_line(clock) in lines
+    for group in (corpus.BACKCHANNELS, corpus.NUMBER_WORDS, corpus.TIMER_RESPONSES, corpus.LONG_REPLIES):
+        assert set(group) <= set(lines)
+    for text in corpus.user_lines("time_request", "heldout"):
+        assert corpus.time_request_seconds(text) in corpus.TIME_REQUEST_SECONDS
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def test_text_arrival_chunk_matches_rendering():
+    for time_s, n in [(0.0, 1), (0.05, 4), (0.19, 5), (1.3, 34), (2.0, 9)]:
+        placed, _ = place_text([tokenizer_event(time_s, n)], 40, CFG.text_in_slots, CFG)
+        landed = max(k for k in range(40) if (placed[k] != tokenizer.PAD).any())
+        assert common.text_arrival_chunk(time_s, n, CFG.text_in_slots, CFG) == landed
+
+
+def tokenizer_event(time_s: float, n: int):
+    from interaction_jax.data.episode import TextEvent
+
+    return TextEvent(time_s, tuple([65] * n))
+
+
+def test_lay_out_keeps_every_sample_and_cuts_between_words():
+    clip = CLIPS.get(corpus.user_lines("statement", "train")[0], corpus.user_voices("train")[0])
+    rng = np.random.default_rng(0)
+    seen_pauses = 0
+    for _ in range(20):
+        layout = common.lay_out(clip, rng, 2, (0.4, 2.0))
+        joined = np.concatenate([clip.audio[a:b] for _, a, b in layout.pieces])
+        np.testing.assert_array_equal(joined, clip.audio)
+        for start, end in layout.pauses():
+            assert 0.4 * SR - 1 <= end - start <= 2.0 * SR + 1
+        word_spans = [(w.start_s * SR, w.end_s * SR) for w in clip.words]
+        for _, a, _ in layout.pieces[1:]:  # every cut is outside every word
+            assert not any(s + 1 < a < e - 1 for s, e in word_spans)  # (within rounding to a sample)
+        seen_pauses += len(layout.pauses())
+    assert seen_pauses > 0
+
+
+def test_word_pieces_carry_the_whole_line():
+    """Every model line's timed words carry all of its text, including words eSpeak gives no timing."""
+    for line in corpus.model_lines():
+        clip = CLIPS.get(line, corpus.MODEL_VOICE)
+        pieces = common.word_pieces(line, clip.words)
+        assert " ".join(pieces) == line and len(pieces) == len(clip.words)
+        for piece, word in zip(pieces, clip.words, strict=True):
+            assert piece.strip(",.?!").startswith(word.text) or piece.startswith(word.text)
+    words = [Word("did", 0.0, 0.1), Word("know", 0.2, 0.3)]
+    assert common.word_pieces("I did not know", words) == ["I did not", "know"]
+    with pytest.raises(ValueError, match="not in"):
+        common.word_pieces("hello there", [Word("bye", 0.0, 0.1)])
+
+
+def test_beep_shape():
+    tone = common.beep(SR)
+    assert tone.dtype == np.float32 and tone.size == round(0.150 * SR)
+    assert abs(np.abs(tone).max() - 0.3) < 0.01 and abs(tone[0]) < 0.01 and abs(tone[-1]) < 0.01
+    spectrum = np.abs(np.fft.rfft(tone))
+    assert abs(np.argmax(spectrum) * SR / tone.size - 1000) < 10
+
+
+# ----------------------------------------------------------------------------------------------
+# Rules every scenario follows
+
+
+def test_registry_matches_config():
+    assert tuple(SCENARIOS) == SCENARIO_NAMES
+    with pytest.raises(ValueError, match="unknown scenario"):
+        make_episode("juggling", 0, ScenarioContext(CFG, CLIPS))
+
+
+@pytest.mark.parametrize("name", SCENARIO_NAMES)
+def test_shared_rules(name):
+    bank = set(corpus.bank_entries("train"))
+    for seed in SEEDS:
+        ep, requests = generate(name, seed)
+        check_episode(ep, CFG)
+        assert requests <= bank, requests - bank
+        a = ep.annotations
+        assert a["user_voice"] in {v.name for v in corpus.user_voices("train")}
+        assert 1e-4 <= a["noise_level"] <= 3e-3
+        # Before anything happens the user's microphone carries only the background noise.
+        assert abs(ep.user_audio[: int(0.1 * SR)].std() / a["noise_level"] - 1) < 0.2
+        assert np.abs(ep.user_audio).max() <= 1.0
+        end_s = ep.num_chunks * C
+        for u in a["user_utterances"]:
+            assert 0 <= u["start"] < u["end"] <= end_s
+        model_speech = a["model_speech"]
+        for previous, following in itertools.pairwise(model_speech):
+            assert previous[1] <= following[0]  # the model never talks over itself
+        # Model audio is silent outside its utterances.
+        outside = np.ones(ep.model_audio.size, bool)
+        for s, e in model_speech:
+            outside[round(s * SR) : round(e * SR)] = False
+        assert not ep.model_audio[outside].any()
+        check_model_text(ep)
+
+
+def check_model_text(ep):
+    """Each model utterance starts on a chunk boundary; its words are text events at their speech onsets
+    (first word bare, later ones after a space), then EOT at its end."""
+    expected = []
+    for u in ep.annotations["model_utterances"]:
+        start = round(u["start"] * SR)
+        assert start % S == 0, u
+        clip = CLIPS.get(u["text"], corpus.MODEL_VOICE)
+        end = round(u["end"] * SR)
+        assert end - start == clip.audio.size if not u["cut"] else end < start + clip.audio.size
+        spoken = [w for w in clip.words if start + round(w.start_s * SR) < end]
+        pieces = common.word_pieces(clip.text, clip.words)
+        for i, (w, piece) in enumerate(zip(spoken, pieces, strict=False)):
+            piece = piece if i == 0 else " " + piece
+            expected.append((u["start"] + w.start_s, tuple(tokenizer.encode(piece, specials=False))))
+        if end < ep.model_audio.size:
+            expected.append((u["end"], (tokenizer.EOT,)))
+        assert spoken and int(np.floor((u["start"] + spoken[0].start_s) / C + 1e-9)) == start // S
+        if not u["cut"]:  # the whole line is written out, punctuation and all, then EOT
+            events = [e for e in ep.model_text if u["start"] <= e.time_s < u["end"]]
+            assert decoded([e for e in events if e.tokens[0] != tokenizer.DELEGATE]) == u["text"]
+    speech_events = [(e.time_s, e.tokens) for e in ep.model_text if e.tokens[0] != tokenizer.DELEGATE]
+    assert len(speech_events) == len(expected)
+    for (t, tokens), (t_expected, tokens_expected) in zip(speech_events, sorted(expected), strict=True):
+        assert tokens == tokens_expected and abs(t - t_expected) < 1e-6
+
+
+@pytest.mark.parametrize("name", SCENARIO_NAMES)
+def test_deterministic_and_seed_dependent(name):
+    first, _ = generate(name, 0)
+    clips = RecordingClips(CLIPS)
+    again = make_episode(name, 0, ScenarioContext(CFG, clips, "train"))
+    np.testing.assert_array_equal(first.user_audio, again.user_audio)
+    np.testing.assert_array_equal(first.model_audio, again.model_audio)
+    np.testing.assert_array_equal(first.frames, again.frames)
+    assert first.user_text == again.user_text and first.model_text == again.model_text
+    assert first.annotations == again.annotations
+    other, _ = generate(name, 1)
+    assert not np.array_equal(first.user_audio, other.user_audio)
+    assert first.annotations != other.annotations
+
+
+@pytest.mark.parametrize("name", SCENARIO_NAMES)
+def test_heldout_episodes_use_heldout_voices_and_lines(name):
+    bank = set(corpus.bank_entries("heldout"))
+    heldout_voices = set(corpus.user_voices("heldout"))
+    heldout_lines = {line for c in corpus.CATEGORIES for line in corpus.user_lines(c, "heldout")}
+    for seed in range(4):
+        ep, requests = generate(name, seed, "heldout")
+        assert ep.split == "heldout"
+        assert requests <= bank, requests - bank
+        for text, voice in requests:
+            assert voice == corpus.MODEL_VOICE or (voice in heldout_voices and text in heldout_lines)
+        for u in ep.annotations["user_utterances"]:
+            assert u["text"] in heldout_lines
+
+
+@pytest.mark.parametrize("name", [n for n in SCENARIO_NAMES if n != "rep_count"])
+def test_video_off(name):
+    for seed in range(4):
+        ep, _ = generate(name, seed, video=False)
+        assert ep.frames is None
+        check_episode(ep, dataclasses.replace(CFG, video=False))
+
+
+def test_rep_count_needs_video():
+    with pytest.raises(ValueError, match="needs video"):
+        generate("rep_count", 0, video=False)
+
+
+def test_minimum_episode_length_fits_every_scenario():
+    ctx = ScenarioContext(CFG, CLIPS, "train", num_chunks=round(MIN_EPISODE_SECONDS / C))
+    for name, seed in itertools.product(SCENARIO_NAMES, range(40)):
+        check_episode(make_episode(name, seed, ctx), CFG)
+
+
+@pytest.mark.parametrize("name", SCENARIO_NAMES)
+def test_too_short_episodes_are_refused(name):
+    with pytest.raises(EpisodeTooShort, match=r"leave no room"):
+        make_episode(name, 0, ScenarioContext(CFG, CLIPS, "train", num_chunks=5))
+
+
+def test_long_episodes_repeat_exchanges():
+    """In 30 s episodes the scenarios that loop fit several exchanges, and counting goes further."""
+    most = {name: 0 for name in SCENARIO_NAMES}
+    for name, seed in itertools.product(SCENARIO_NAMES, range(3)):
+        ep, _ = generate(name, seed, num_chunks=150)
+        check_model_text(ep)
+        a = ep.annotations
+        found = {
+            "turn_taking": len(a.get("replies", [])),
+            "backchannel": len(a.get("backchannels", [])),
+            "interruption": 2 * (len(a["model_utterances"]) == 2),
+            "time_speak": len(a.get("requests", [])),
+            "cue_speak": len(a.get("cues", [])),
+            "rep_count": a.get("count", 0) // 2,
+            "delegate": len(a.get("delegations", [])),
+        }[name]
+        most[name] = max(most[name], found)
+    assert all(n >= 2 for n in most.values()), most
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenario by scenario
+
+
+def test_turn_taking():
+    paused = 0
+    for ep in episodes("turn_taking"):
+        a = ep.annotations
+        spans = [(u["start"], u["end"]) for u in a["user_utterances"]]
+        assert len(a["replies"]) == len(spans) == len(a["model_utterances"]) >= 1
+        for s, e in a["model_speech"]:
+            assert not any(overlaps((s, e), span) for span in spans)  # pauses included
+        for reply, model in zip(a["replies"], a["model_utterances"], strict=True):
+            assert last_chunk_of(reply["user_end"]) + 1 <= reply["onset_chunk"] <= last_chunk_of(reply["user_end"]) + 2
+            assert model["start"] == pytest.approx(reply["onset_chunk"] * C)
+            assert model["text"] in corpus.REPLIES
+        for u in a["user_utterances"]:
+            for s, e in u["pauses"]:
+                assert 0.4 - 1e-3 <= e - s <= 2.0 + 1e-3 and u["start"] < s < e < u["end"]
+            paused += bool(u["pauses"])
+    assert paused  # some utterances have pauses the model had to wait through
+
+
+def test_backchannel():
+    count = 0
+    for ep in episodes("backchannel"):
+        a = ep.annotations
+        speech = a["user_speech"]
+        gaps = [(previous[1], following[0]) for previous, following in itertools.pairwise(speech)]
+        for u in a["model_utterances"]:
+            assert u["text"] in corpus.BACKCHANNELS
+            assert any(g0 <= u["start"] and u["end"] <= g1 for g0, g1 in gaps), u  # inside a pause
+        for b, u in zip(a["backchannels"], a["model_utterances"], strict=True):
+            assert b["onset_chunk"] * C == pytest.approx(u["start"]) and u["end"] <= b["pause"][1]
+            assert b["onset_chunk"] in (last_chunk_of(b["pause"][0]) + 1, last_chunk_of(b["pause"][0]) + 2)
+        count += len(a["backchannels"])
+    assert count >= len(SEEDS)  # about one or more per episode
+
+
+def test_interruption():
+    for ep in episodes("interruption"):
+        a = ep.annotations
+        reply, answer = a["model_utterances"]
+        statement, barge_in = a["user_utterances"]
+        assert reply["cut"] and not answer["cut"] and reply["text"] in corpus.LONG_REPLIES
+        assert reply["start"] >= statement["end"] and barge_in["start"] == pytest.approx(a["barge_in"])
+        assert a["barge_in"] - reply["start"] >= 0.6
+        assert a["cut_chunk"] == round(a["barge_in"] * SR) // S
+        assert reply["end"] == pytest.approx(a["cut"]) and a["cut"] == pytest.approx((a["cut_chunk"] + 1) * C)
+        cut = round(a["cut"] * SR)
+        assert abs(ep.model_audio[cut - 1]) < 0.01  # faded out, no click
+        assert answer["start"] >= barge_in["end"] and answer["text"] in corpus.INTERRUPTION_ANSWERS
+        assert last_chunk_of(barge_in["end"]) + 1 <= round(answer["start"] / C) <= last_chunk_of(barge_in["end"]) + 2
+
+
+def test_time_speak():
+    typed = 0
+    for ep in episodes("time_speak"):
+        a = ep.annotations
+        assert len(a["requests"]) == len(a["model_utterances"]) >= 1
+        for r, u, m in zip(a["requests"], a["user_utterances"], a["model_utterances"], strict=True):
+            assert corpus.time_request_seconds(u["text"]) == r["n"] and u["typed"] == r["typed"]
+            assert r["target_time"] == pytest.approx(r["request_end"] + r["n"])
+            assert abs(r["onset_chunk"] * C - r["target_time"]) <= C / 2 + 1e-9
+            assert m["start"] == pytest.approx(r["onset_chunk"] * C) and m["text"] in corpus.TIMER_RESPONSES
+            assert u["end"] == pytest.approx(r["request_end"])
+        for u in a["user_utterances"]:
+            if u["typed"]:  # the request ends with the chunk its last typed token is rendered in
+                (event,) = [e for e in ep.user_text if tokenizer.decode(e.tokens) == u["text"]]
+                placed, _ = place_text([event], ep.num_chunks, CFG.text_in_slots, CFG)
+                landed = max(k for k in range(ep.num_chunks) if (placed[k] != tokenizer.PAD).any())
+                assert u["end"] == pytest.approx((landed + 1) * C)
+                typed += 1
+        assert decoded(ep.user_text) == "".join(u["text"] for u in a["user_utterances"] if u["typed"])
+    assert 0 < typed < len(SEEDS)
+
+
+def test_cue_speak():
+    kinds = set()
+    for video in (True, False):
+        for ep in episodes("cue_speak", video=video):
+            a = ep.annotations
+            assert len(a["cues"]) == len(a["model_utterances"]) >= 1
+            for cue, request, m in zip(a["cues"], a["user_utterances"], a["model_utterances"], strict=True):
+                kinds.add((video, cue["kind"]))
+                assert cue["onset_chunk"] == cue["perceived_chunk"] + 1
+                assert m["start"] == pytest.approx(cue["onset_chunk"] * C)  # nothing said before the cue
+                assert m["text"] in corpus.CUE_RESPONSES[cue["kind"]]
+                assert cue["time"] >= request["end"] and request["text"] in corpus.user_lines(
+                    f"cue_{cue['kind']}_request", "train"
+                )
+                if cue["kind"] == "visual":
+                    frame = cue["perceived_chunk"] // CFG.video_every
+                    assert cue["perceived_chunk"] % CFG.video_every == 0
+                    assert cue["time"] == pytest.approx(cue["perceived_chunk"] * C)
+                    assert red_pixels(ep.frames[frame]) > 100 and red_pixels(ep.frames[frame - 1]) == 0
+                else:
+                    beep_end = round(cue["time"] * SR) + round(common.BEEP_S * SR)
+                    assert cue["perceived_chunk"] == (beep_end - 1) // S
+                    tone = ep.user_audio[round(cue["time"] * SR) : beep_end]
+                    assert np.abs(tone).max() > 0.25
+    assert kinds == {(True, "visual"), (True, "audio"), (False, "audio")}
+
+
+def red_pixels(frame: np.ndarray) -> int:
+    return int((np.abs(frame.astype(int) - np.array(video_scene.CUE_RED)).sum(-1) == 0).sum())
+
+
+def test_rep_count():
+    counts = []
+    frame_s = CFG.video_every * C
+    for ep in episodes("rep_count"):
+        a = ep.annotations
+        n = a["count"]
+        counts.append(n)
+        assert 1 <= n <= 6 and len(a["completions"]) == len(a["onset_chunks"]) == n
+        assert decoded(ep.model_text) == "".join(f"{w}<eot>" for w in corpus.NUMBER_WORDS[:n])
+        for completion, onset in zip(a["completions"], a["onset_chunks"], strict=True):
+            shown = onset - 1  # the chunk carrying the first frame that shows the completion
+            assert shown % CFG.video_every == 0
+            assert completion - 1e-9 <= shown * C < completion + frame_s
+        periods = np.diff([a["user_utterances"][0]["end"], *a["completions"]])[1:]
+        assert (periods >= 3 * frame_s - 1e-9).all()
+        # The object moves: frames after the request differ from each other beyond the distractors' drift.
+        assert len({ep.frames[f].tobytes() for f in range(len(ep.frames))}) > 1
+    assert max(counts) >= 2
+
+
+def test_delegate():
+    interjections = checks = 0
+    for ep in episodes("delegate"):
+        a = ep.annotations
+        user_spans = [(u["start"], u["end"]) for u in a["user_utterances"]]
+        answers = [m for m in a["model_utterances"] if m["text"] != corpus.LET_ME_CHECK]
+        assert len(answers) == len(a["delegations"]) >= 1
+        requests = [e for e in ep.model_text if e.tokens[0] == tokenizer.DELEGATE]
+        results = [e for e in ep.user_text if e.tokens[0] == tokenizer.RESULT]
+        for d, answer, request, result in zip(a["delegations"], answers, requests, results, strict=True):
+            assert not any(overlaps((answer["start"], answer["end"]), span) for span in user_spans)
+            assert tokenizer.decode(request.tokens) == f"<delegate>{d['request']}</delegate>"
+            assert tokenizer.decode(result.tokens) == f"<result>{d['answer']}</result>"
+            assert request.time_s == pytest.approx(d["request_chunk"] * C)
+            assert request.time_s < result.time_s < answer["start"]
+            assert answer["start"] == pytest.approx(d["onset_chunk"] * C)
+            assert answer["text"] == corpus.delegate_answer_line(d["answer"])
+            if d["request"] == "time":
+                assert d["answer"] in corpus.CLOCK_TIMES and d["question"] == corpus.time_question("train")
+            else:
+                x, y = map(int, re.findall(r"\d+", d["question"]))
+                assert d["request"] == f"{x}+{y}" and d["answer"] == str(x + y)
+            # The result is delivered 0.4–3 s after the request has been written out.
+            written = (d["request_chunk"] + -(-len(request.tokens) // CFG.text_out_slots)) * C
+            assert 0.4 - 1e-6 <= result.time_s - written <= 3.0 + 1e-6
+            # The answer waits until the result has fully arrived.
+            landed = d["result_chunk"] + -(-len(result.tokens) // CFG.text_in_slots) - 1
+            assert d["onset_chunk"] >= landed + 1
+            interjections += d["interjection"]
+            checks += d["let_me_check"]
+    assert interjections > 0 and checks > 0
