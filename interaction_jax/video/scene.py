@@ -449,6 +449,14 @@ def _default_object_size(height: int, width: int) -> int:
     return max(1, round(0.2 * min(height, width)))
 
 
+def _object_side(what: str, size, height: int, width: int) -> int:
+    """The side of an added object: `size` checked, or the default for the frame."""
+    side = _default_object_size(height, width) if size is None else size
+    if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or not 0 < side <= min(height, width):
+        raise ValueError(f"{what} size must be an integer in [1, {min(height, width)}] pixels, got {size!r}")
+    return int(side)
+
+
 def with_cue(
     scene: Scene,
     time_s: float,
@@ -467,10 +475,7 @@ def with_cue(
     rng = _check_rng(rng)
     height = _check_frame_side("height", height)
     width = _check_frame_side("width", width)
-    side = _default_object_size(height, width) if size is None else size
-    if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or not 0 < side <= min(height, width):
-        raise ValueError(f"cue size must be an integer in [1, {min(height, width)}] pixels, got {size!r}")
-    side = int(side)
+    side = _object_side("cue", size, height, width)
     taken = [_repetition_box(r) for r in scene.repetitions] + [_appear_box(a) for a in scene.appears]
     for _ in range(_PLACEMENT_TRIES):
         # A whole-pixel top-left corner makes the square cover exactly side × side pixels.
@@ -503,9 +508,7 @@ def with_repetition(
     rng = _check_rng(rng)
     height = _check_frame_side("height", height)
     width = _check_frame_side("width", width)
-    side = _default_object_size(height, width) if size is None else size
-    if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or not 0 < side <= min(height, width):
-        raise ValueError(f"repetition size must be an integer in [1, {min(height, width)}] pixels, got {size!r}")
+    side = _object_side("repetition", size, height, width)
     half = side / 2
     kind = ("circle", "triangle")[int(rng.integers(2))]
     # Any palette colour is distinctive; prefer those that stand out on this background (a grey
