@@ -1,8 +1,10 @@
 """The `interaction-jax` command: `interaction-jax <command> [flags]`.
 
-Commands available now: `config` (print the resolved config), `plan` (parameter and memory plan
-from shapes) and `data preview|bank` (look at a synthetic episode; build the clip bank). Every
-command shares the config flags: --preset, --config, --mesh, --set.
+Commands: `demo` (the main job: train tiny, then stream held-out episodes through it), `train`,
+`eval` (stream held-out episodes through a workdir's checkpoint), `sweep` (run or print a sweep of
+experiments/*.py), `config` (print the resolved config), `plan` (parameter and memory plan from
+shapes) and `data preview|bank` (look at a synthetic episode; build the clip bank). Every command
+shares the config flags: --preset, --config, --mesh, --set.
 """
 
 from __future__ import annotations
@@ -23,7 +25,20 @@ flags.DEFINE_integer("num_devices", None, "plan: device count (default: what the
 flags.DEFINE_string("scenario", "turn_taking", "data preview: which scenario (see data.scenarios)")
 flags.DEFINE_integer("seed", 0, "data preview: the episode seed")
 flags.DEFINE_enum("split", "train", ["train", "heldout"], "data preview: voices and sentences of this split")
-flags.DEFINE_string("out", "preview", "data preview: output folder")
+flags.DEFINE_string("out", None, "output folder (default: preview/ for data preview, demo/ for demo, <workdir>/eval)")
+flags.DEFINE_string("workdir", None, "train/eval: the run's folder (checkpoints, metrics.jsonl); sweep: the root")
+flags.DEFINE_float("max-minutes", None, "demo: wall-time budget (default 10); train: stop (with a checkpoint) after it")
+flags.DEFINE_integer("episodes", 2, "demo/eval: held-out episodes per scenario")
+flags.DEFINE_integer("profile", 0, "train: write a JAX profiler trace of this many steps to <workdir>/profile")
+flags.DEFINE_bool("progress", True, "show progress bars")
+flags.DEFINE_bool("distributed", False, "train: join a multi-host run (jax.distributed.initialize; TPU pods, Slurm)")
+flags.DEFINE_string("coordinator_address", None, "train: host:port of process 0 (GPU clusters, local processes)")
+flags.DEFINE_integer("num_processes", None, "train: processes in the run (with --coordinator_address)")
+flags.DEFINE_integer("process_id", None, "train: this process's id in [0, num_processes)")
+flags.DEFINE_bool("dry-run", False, "sweep: print the launch commands instead of training")
+flags.DEFINE_string("pod", None, "sweep --dry-run: the TPU pod (VM) name to print per-host commands for")
+flags.DEFINE_string("zone", None, "sweep --dry-run: the TPU pod's zone")
+flags.DEFINE_integer("hosts", None, "sweep --dry-run: hosts in the pod (default: from the mesh config)")
 
 
 def resolve_config() -> config_lib.Config:
@@ -69,13 +84,95 @@ def cmd_data(argv: list[str]) -> None:
         size = sum(f.stat().st_size for f in bank.folder.rglob("*") if f.is_file())
         print(f"clip bank: {len(bank)} clips, {size / 2**20:.1f} MiB, at {bank.folder}")
         return
-    ep, paths = preview.write_preview(cfg, FLAGS.scenario, FLAGS.seed, FLAGS.out, bank, FLAGS.split)
-    print(f"{FLAGS.scenario} seed {FLAGS.seed} ({FLAGS.split}): {ep.num_chunks} chunks → {FLAGS.out}/")
+    out = FLAGS.out or "preview"
+    ep, paths = preview.write_preview(cfg, FLAGS.scenario, FLAGS.seed, out, bank, FLAGS.split)
+    print(f"{FLAGS.scenario} seed {FLAGS.seed} ({FLAGS.split}): {ep.num_chunks} chunks → {out}/")
     for name, path in paths.items():
         print(f"  {name:10s} {path}")
 
 
-COMMANDS = {"config": cmd_config, "plan": cmd_plan, "data": cmd_data}
+def _require_workdir(command: str) -> str:
+    if not FLAGS.workdir:
+        raise app.UsageError(f"interaction-jax {command} needs --workdir (the run's folder)")
+    return FLAGS.workdir
+
+
+def cmd_train(argv: list[str]) -> None:
+    from interaction_jax.train import distributed
+
+    workdir = _require_workdir("train")
+    distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    from interaction_jax.train import loop
+
+    minutes = FLAGS["max-minutes"].value
+    result = loop.train(
+        resolve_config(),
+        workdir,
+        progress=FLAGS.progress,
+        max_seconds=None if minutes is None else 60.0 * minutes,
+        profile_steps=FLAGS.profile,
+    )
+    held = "—" if result.heldout_loss is None else f"{result.heldout_loss:.4f}"
+    state = "stopped early (checkpoint saved)" if result.preempted else "done"
+    print(
+        f"{state}: step {result.step}, loss {result.loss:.4f}, held-out loss {held}, "
+        f"{result.tokens_per_s:,.0f} tokens/s, {result.seconds:.0f} s → {workdir}"
+    )
+
+
+def cmd_eval(argv: list[str]) -> None:
+    from interaction_jax import eval as eval_lib
+    from interaction_jax.train import checkpoint
+
+    workdir = _require_workdir("eval")
+    cfg, params, step = checkpoint.load_params(workdir)
+    out = FLAGS.out or f"{workdir}/eval"
+    report = eval_lib.evaluate(cfg, params, out, episodes_per_scenario=FLAGS.episodes, progress=FLAGS.progress)
+    print(f"step {step} of {workdir}, {FLAGS.episodes} held-out episode(s) per scenario → {out}/")
+    print(report.table())
+
+
+def cmd_demo(argv: list[str]) -> None:
+    from interaction_jax import demo
+
+    minutes = FLAGS["max-minutes"].value
+    demo.run_demo(
+        FLAGS.out or "demo",
+        max_minutes=10.0 if minutes is None else minutes,
+        preset=FLAGS.preset,
+        sets=tuple(FLAGS.set),
+        episodes_per_scenario=FLAGS.episodes,
+        progress=FLAGS.progress,
+    )
+
+
+def cmd_sweep(argv: list[str]) -> None:
+    from interaction_jax import sweep
+
+    if len(argv) != 1:
+        raise app.UsageError("usage: interaction-jax sweep experiments/<sweep>.py [--dry-run --pod NAME] [--set k=v]")
+    sweep.run_sweep_command(
+        argv[0],
+        preset=FLAGS["preset"].value if FLAGS["preset"].present else None,
+        sets=list(FLAGS.set),
+        workdir_root=FLAGS.workdir or "runs/sweeps",
+        dry_run=FLAGS["dry-run"].value,
+        pod=FLAGS.pod,
+        zone=FLAGS.zone,
+        mesh=FLAGS.mesh,
+        hosts=FLAGS.hosts,
+    )
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "sweep": cmd_sweep,
+    "config": cmd_config,
+    "plan": cmd_plan,
+    "data": cmd_data,
+}
 
 
 def main(argv: list[str]) -> None:

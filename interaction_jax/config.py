@@ -166,6 +166,12 @@ class TrainConfig:
     flow_weight: float = 1.0
     load_balance_weight: float = 0.01
     router_z_weight: float = 0.001
+    grad_accum: int = 1  # microbatches per step: batch_size rows are split into this many, gradients summed
+    log_every: int = 10  # steps between metrics lines
+    eval_every: int = 500  # steps between held-out evaluations (and one at the end); 0: never
+    eval_episodes: int = 14  # held-out episodes per evaluation (a fixed set: the same every time)
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end or on SIGTERM)
+    keep_checkpoints: int = 3  # the last N are kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +204,10 @@ class DataConfig:
     seed: int = 0  # episode seeds, mixture draws and voice assignment all derive from it
     clip_cache: str = ""  # clip bank folder; "" → $INTERACTION_JAX_CACHE/clips or ~/.cache/interaction-jax/clips
     num_workers: int = 0  # grain worker processes (0: in the main process)
+    # Independent data streams the global batch is cut from (each gives batch_size / shards rows per step);
+    # process p of P reads shards [p·shards/P, (p+1)·shards/P). 0: one per process. Fix it to keep the
+    # exact data order when a run moves to a different number of hosts.
+    shards: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -504,15 +514,18 @@ _MAY_BE_ZERO = frozenset(
         "min_lr_ratio",
         "mel_mean",
         "num_workers",
+        "eval_every",
+        "shards",
     }
 )
 _MAY_BE_NEGATIVE = frozenset({"dmel_min", "mel_mean"})
 
 
-def validate(cfg: Config, num_devices: int | None = None) -> Config:
+def validate(cfg: Config, num_devices: int | None = None, purpose: Literal["all", "train", "serve"] = "all") -> Config:
     """Raise ConfigError for the first problem found; return cfg unchanged when it is sound.
 
-    With `num_devices`, mesh-dependent checks run too (divisibility of heads, experts, vocab, batch).
+    With `num_devices`, mesh-dependent checks run too (divisibility of heads, experts, vocab, batch);
+    `purpose` leaves out the batch check of the other job (training never shapes a serving cache).
     """
     for section in ("model", "stream", "train", "serve", "data"):
         sub = getattr(cfg, section)
@@ -568,7 +581,17 @@ def validate(cfg: Config, num_devices: int | None = None) -> Config:
             f"stream.video_every={s.video_every}, so windows would differ in length",
             "use a multiple of video_every",
         )
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(
+            "train.grad_accum",
+            f"batch_size {t.batch_size} does not split into {t.grad_accum} microbatches",
+            "use a grad_accum that divides train.batch_size",
+        )
     d = cfg.data
+    if d.shards and t.batch_size % d.shards:
+        raise ConfigError(
+            "data.shards", f"batch_size {t.batch_size} does not split over {d.shards} data shards", "use a divisor"
+        )
     for name in d.scenarios:
         if name not in SCENARIOS:
             raise ConfigError("data.scenarios", f"unknown scenario {name!r}", f"use names from {list(SCENARIOS)}")
@@ -611,9 +634,11 @@ def validate(cfg: Config, num_devices: int | None = None) -> Config:
             ("embed", m.d_model, "model.d_model"),
             ("mlp", m.dense_mlp, "model.dense_mlp"),
             ("exp_mlp", m.expert_mlp, "model.expert_mlp"),
-            ("act_batch", t.batch_size, "train.batch_size"),
-            ("cache_batch", cfg.serve.max_sessions, "serve.max_sessions"),
         ]
+        if purpose != "serve":
+            checks.append(("act_batch", t.batch_size, "train.batch_size"))
+        if purpose != "train":
+            checks.append(("cache_batch", cfg.serve.max_sessions, "serve.max_sessions"))
         for logical, value, key in checks:
             axes = cfg.mesh.rule(logical)
             n = _mesh_size(sizes, axes)

@@ -13,16 +13,19 @@ held-out split draws from disjoint seeds (odd vs even), sentences and voices (`d
 
 from __future__ import annotations
 
+import json
+
 import grain
 import numpy as np
 from absl import flags
 
-from interaction_jax.config import Config, DataConfig
+from interaction_jax.config import SCENARIOS, Config, DataConfig
 from interaction_jax.data import corpus, render, scenarios
 from interaction_jax.data.bank import ClipBank, LiveClips
 from interaction_jax.data.episode import SPLITS, ClipSource, Episode, ScenarioContext, Split
 
 _SPLIT_BIT = {"train": 0, "heldout": 1}
+TASKS = SCENARIOS  # a window's `task` entry is its scenario's index here
 TRAIN_EPISODES = 1 << 40  # "infinite": every index is a fresh episode, and a run never wraps around
 
 
@@ -46,11 +49,22 @@ def scenario_for(data: DataConfig, seed: int) -> str:
     return data.scenarios[int(rng.choice(len(weights), p=weights / weights.sum()))]
 
 
+def heldout_scenario(data: DataConfig, index: int) -> str:
+    """Held-out episodes cycle through the scenarios in the mix (weight > 0), so any 7·n of them are balanced."""
+    active = [name for name, w in zip(data.scenarios, data.weights, strict=True) if w > 0]
+    return active[index % len(active)]
+
+
 def make_episode(cfg: Config, split: Split, index: int, clips: ClipSource) -> Episode:
-    """Episode `index` of `split`: a pure function of (config, split, index)."""
+    """Episode `index` of `split`: a pure function of (config, split, index).
+
+    Training draws each episode's scenario from the `data.weights` mixture; the held-out split cycles
+    through them in order (`heldout_scenario`), so a small evaluation set covers every task equally.
+    """
     seed = episode_seed(cfg.data, split, index)
     ctx = ScenarioContext(stream=cfg.stream, clips=clips, split=split, num_chunks=cfg.data.episode_chunks)
-    return scenarios.make_episode(scenario_for(cfg.data, seed), seed, ctx)
+    name = heldout_scenario(cfg.data, index) if split == "heldout" else scenario_for(cfg.data, seed)
+    return scenarios.make_episode(name, seed, ctx)
 
 
 def bank_entries() -> tuple:
@@ -71,7 +85,8 @@ class _EpisodeWindows(grain.transforms.Map):
 
     def map(self, index):
         ep = make_episode(self.cfg, self.split, int(index), self.clips)
-        return render.episode_windows(ep, self.cfg.stream, self.cfg.train.window_chunks)
+        task = np.int32(TASKS.index(ep.scenario))
+        return [w | {"task": task} for w in render.episode_windows(ep, self.cfg.stream, self.cfg.train.window_chunks)]
 
 
 class _Flatten(grain.experimental.FlatMapTransform):
@@ -141,3 +156,74 @@ def batches(
             flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return ds
+
+
+def num_shards(cfg: Config, process_count: int) -> int:
+    """The data shards the global batch is cut from: `data.shards`, or one per process when it is 0."""
+    shards = cfg.data.shards or process_count
+    if shards % process_count or cfg.train.batch_size % shards:
+        raise ValueError(
+            f"data.shards={shards} must be a multiple of the {process_count} processes and divide "
+            f"train.batch_size={cfg.train.batch_size}"
+        )
+    return shards
+
+
+class ShardedBatches:
+    """This process's rows of every global batch: its data shards' batches, concatenated in shard order.
+
+    Shard s of S is `batches(cfg, split, batch_size=B/S, process_index=s, process_count=S)`, so the global
+    batch of a step depends on (config, step) only — not on how many processes read it, as long as
+    `data.shards` is fixed. `get_state`/`set_state` carry every shard's grain state (as JSON bytes, the form
+    grain's orbax `CheckpointHandler` stores for a non-grain iterator).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        split: Split = "train",
+        *,
+        clips: ClipSource | None = None,
+        num_episodes: int | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        shards = num_shards(cfg, process_count)
+        per_process = shards // process_count
+        self._iterators = [
+            iter(
+                batches(
+                    cfg,
+                    split,
+                    batch_size=cfg.train.batch_size // shards,
+                    clips=clips,
+                    num_episodes=num_episodes,
+                    process_index=shard,
+                    process_count=shards,
+                )
+            )
+            for shard in range(process_index * per_process, (process_index + 1) * per_process)
+        ]
+
+    def __iter__(self) -> ShardedBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        parts = [next(it) for it in self._iterators]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def get_state(self) -> bytes:
+        return json.dumps([it.get_state() for it in self._iterators]).encode()
+
+    def set_state(self, state: bytes) -> None:
+        states = json.loads(state)
+        if len(states) != len(self._iterators):
+            raise ValueError(
+                f"the saved data state has {len(states)} shard(s) for this process but it reads "
+                f"{len(self._iterators)}; set data.shards to the value of the run that saved it"
+            )
+        for it, s in zip(self._iterators, states, strict=True):
+            it.set_state(s)
+
+    def start_prefetch(self) -> None:
+        """Part of the iterator protocol grain's checkpoint handler calls after a restore; nothing to do."""

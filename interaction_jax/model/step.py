@@ -103,7 +103,8 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[jax.Array, dict]:
     """Training loss of a batch of windows: text CE + λ·flow + MoE aux losses (DESIGN §10).
 
-    Each output token's payload is predicted from the hidden state of the token before it. An optional
+    Each output token's payload is predicted from the hidden state of the token before it. `metrics` holds
+    batch scalars plus `rows`, per-row sums [B] of the text terms (for per-task evaluation). An optional
     `batch["loss_mask"]` float32 [B, T] scales each target token's loss (0 on padding chunks past the end
     of an episode); without it every output token counts.
     """
@@ -118,7 +119,7 @@ def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[
         weights = weights * jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
     ce = cross_entropy(logits, targets)
     text_loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
-    scored = (weights > 0) & (targets != tokenizer.PAD)
+    scored = (weights > 0) & (targets != tokenizer.PAD)  # the tokens the model should say
     correct = (jnp.argmax(logits, axis=-1) == targets) & scored
 
     is_out = stream.audio_out_entries(batch["kind"], batch["audio_index"])  # [B, Na]
@@ -140,6 +141,13 @@ def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[
         "flow": flow,
         "load_balance": load_balance,
         "router_z": router_z,
+        # Per-row sums, so evaluation can aggregate by task; the scalars above are their batch totals.
+        "rows": {
+            "text_ce": jnp.sum(ce * weights, axis=1),
+            "text_weight": jnp.sum(weights, axis=1),
+            "correct": jnp.sum(correct, axis=1, dtype=jnp.int32),
+            "scored": jnp.sum(scored, axis=1, dtype=jnp.int32),
+        },
     }
     return loss, metrics
 

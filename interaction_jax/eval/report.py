@@ -1,0 +1,387 @@
+"""`evaluate`: stream held-out episodes of every scenario through the model and report what it does.
+
+For each scenario and each of its k episodes (episode k of scenario s is held-out seed
+`pipeline.episode_seed(cfg.data, "heldout", k · len(SCENARIOS) + index of s)`, a pure function of
+(data.seed, s, k), disjoint from training), `rollout` feeds the episode chunk by chunk and
+`behaviour` scores it, both for the model and for the episode's own reference output (the "data"
+value next to each number: what a model that reproduced the data exactly would score). Files:
+
+    out_dir/<scenario>/<k>/model.wav       the model's audio, vocoded (mono, stream sample rate)
+                           dialogue.wav    stereo: the user left, the model right
+                           timeline.png    user audio, user text, model audio, model text, markers
+                           episode.json    annotations, per-chunk text in / model text / reference text,
+                                           audio energies, metrics
+    out_dir/summary.md, summary.json       one row per scenario: episode count and metrics
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from interaction_jax import config as config_lib
+from interaction_jax import stream, timeline, tokenizer
+from interaction_jax.audio import wav
+from interaction_jax.config import Config
+from interaction_jax.data import pipeline, preview, scenarios
+from interaction_jax.data.episode import ClipSource, Episode, ScenarioContext, chunk_seconds
+from interaction_jax.eval import behaviour
+from interaction_jax.eval.rollout import VOCODER_ITERATIONS, MicroturnFn, Rollout, microturn_for, rollout
+
+# What the table shows per scenario: (metric key, label, unit); unit is "pct", "chunks", "s" or "count"
+# (a 0/1 per episode shown as correct/episodes). Every scenario also shows COMMON_COLUMNS.
+TABLE: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "turn_taking": (
+        ("reply_latency_chunks", "reply onset", "chunks"),
+        ("reply_latency_s", "reply latency", "s"),
+        ("reply_on_time", "on time (1–2 chunks)", "pct"),
+        ("reply_missed", "missed", "pct"),
+        ("pause_false_start", "speaks in mid-turn pauses", "pct"),
+    ),
+    "backchannel": (("backchannel_hit", "backchannel within ±1 chunk", "pct"),),
+    "interruption": (
+        ("talking_at_barge_in", "talking at barge-in", "pct"),
+        ("yielded", "yields within 2 chunks", "pct"),
+        ("stop_latency_chunks", "stop latency", "chunks"),
+        ("answer_on_time", "answers on time", "pct"),
+    ),
+    "time_speak": (
+        ("timer_abs_error_s", "TimeSpeak abs error", "s"),
+        ("timer_hit", "hit ±1 chunk", "pct"),
+        ("timer_missed", "missed", "pct"),
+    ),
+    "cue_speak": (
+        ("cue_latency_chunks", "cue → onset", "chunks"),
+        ("cue_hit", "hit ±1 chunk", "pct"),
+        ("cue_premature", "speaks before the cue", "pct"),
+    ),
+    "rep_count": (
+        ("count_correct", "count accuracy", "count"),
+        ("number_abs_error_chunks", "number onset abs error", "chunks"),
+        ("numbers_said", "numbers said", "pct"),
+    ),
+    "delegate": (
+        ("delegate_hit", "DELEGATE within ±2 chunks", "pct"),
+        ("request_exact", "exact request", "pct"),
+        ("answer_said", "answer said", "pct"),
+        ("answer_delay_chunks", "answer after result", "chunks"),
+    ),
+}
+COMMON_COLUMNS = (
+    ("text_agreement", "text-onset agreement", "pct"),
+    ("talk_over_rate", "talks over the user", "pct"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeResult:
+    scenario: str
+    k: int  # the k-th evaluated episode of its scenario
+    seed: int
+    metrics: dict[str, Any]
+    reference: dict[str, Any]  # the same metrics for the episode's own output
+    paths: dict[str, Path]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioRow:
+    scenario: str
+    episodes: int
+    metrics: dict[str, dict]  # key → {"mean", "n"} (behaviour.aggregate)
+    reference: dict[str, dict]
+    cells: tuple[str, ...]  # the formatted metrics, as in the table
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalReport:
+    out_dir: Path
+    rows: tuple[ScenarioRow, ...]
+    episodes: tuple[EpisodeResult, ...]
+    summary_md: Path
+    summary_json: Path
+    seconds: float
+
+    def table(self) -> str:
+        return format_table(self.rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Episodes
+
+
+def eval_index(scenario: str, k: int) -> int:
+    """The held-out episode index of the k-th evaluated episode of `scenario` (distinct per (scenario, k))."""
+    if scenario not in config_lib.SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; use one of {list(config_lib.SCENARIOS)}")
+    if k < 0:
+        raise ValueError(f"episode number must be >= 0, got {k}")
+    return k * len(config_lib.SCENARIOS) + config_lib.SCENARIOS.index(scenario)
+
+
+def eval_episode(cfg: Config, scenario: str, k: int, clips: ClipSource) -> Episode:
+    """The k-th held-out evaluation episode of `scenario`: a pure function of (data.seed, scenario, k)."""
+    seed = pipeline.episode_seed(cfg.data, "heldout", eval_index(scenario, k))
+    ctx = ScenarioContext(stream=cfg.stream, clips=clips, split="heldout", num_chunks=cfg.data.episode_chunks)
+    return scenarios.make_episode(scenario, seed, ctx)
+
+
+def default_scenarios(cfg: Config) -> tuple[str, ...]:
+    """`data.scenarios`, without rep_count when video is off (its count is only visible)."""
+    return tuple(s for s in cfg.data.scenarios if cfg.stream.video or s != "rep_count")
+
+
+def due_markers(annotations: dict, cfg: Config) -> list[tuple[float, str]]:
+    """Timeline markers where the data has the model act, on top of `preview.annotation_markers`."""
+    c = chunk_seconds(cfg.stream)
+    marks = list(preview.annotation_markers(annotations))
+    marks += [(r["onset_chunk"] * c, "reply due") for r in annotations.get("replies", [])]
+    marks += [(b["onset_chunk"] * c, "backchannel due") for b in annotations.get("backchannels", [])]
+    if "cut" in annotations:
+        marks.append((float(annotations["cut"]), "cut"))
+    for d in annotations.get("delegations", []):
+        marks += [(d["request_chunk"] * c, "delegate due"), (d["result_chunk"] * c, "result")]
+        marks.append((d["onset_chunk"] * c, "answer due"))
+    return sorted(marks)
+
+
+def plottable(ids: np.ndarray) -> np.ndarray:
+    """Token ids for the timeline: bytes outside printable ASCII shown as "?" (an untrained model emits
+    control bytes and stray UTF-8 the plot font has no glyph for; the corpus is ASCII). Specials stay."""
+    ids = np.asarray(ids)
+    return np.where((ids < 32) | ((ids >= 127) & (ids < tokenizer.NUM_BYTES)), ord("?"), ids)
+
+
+def _episode_metrics(ep: Episode, ro: Rollout, cfg: Config) -> tuple[dict, dict]:
+    s = cfg.stream
+    model = behaviour.episode_metrics(
+        ep.scenario,
+        ep.annotations,
+        ro.text,
+        s,
+        reference_text=ro.reference_text,
+        energy=ro.energy,
+        reference_energy=ro.reference_energy,
+    )
+    reference = behaviour.episode_metrics(
+        ep.scenario,
+        ep.annotations,
+        ro.reference_text,
+        s,
+        reference_text=ro.reference_text,
+        energy=ro.reference_energy,
+        reference_energy=ro.reference_energy,
+    )
+    return model, reference
+
+
+def _write_episode(
+    folder: Path, ep: Episode, ro: Rollout, k: int, metrics: dict, reference: dict, cfg: Config, n_iter: int
+) -> dict[str, Path]:
+    s = cfg.stream
+    folder.mkdir(parents=True, exist_ok=True)
+    model_audio = ro.model_audio(n_iter)
+    paths = {
+        "model_wav": folder / "model.wav",
+        "dialogue_wav": folder / "dialogue.wav",
+        "timeline": folder / "timeline.png",
+        "episode": folder / "episode.json",
+    }
+    wav.write_wav(paths["model_wav"], model_audio, s.sample_rate)
+    wav.write_wav(paths["dialogue_wav"], np.stack([ep.user_audio, model_audio], axis=1), s.sample_rate)
+    timeline.plot_timeline(
+        paths["timeline"],
+        chunk_s=chunk_seconds(s),
+        sample_rate=s.sample_rate,
+        user_audio=ep.user_audio,
+        model_audio=model_audio,
+        text_in=ro.text_in,
+        text_out=plottable(ro.text),
+        markers=due_markers(ep.annotations, cfg),
+        title=f"{ep.scenario} · held-out seed {ep.seed} · model, free-running",
+    )
+    energy, reference_energy = ro.energy, ro.reference_energy
+    chunks = [
+        {
+            "chunk": i,
+            "text_in": a,
+            "text_out": b,
+            "reference_text_out": c,
+            "energy": round(float(energy[i]), 3),
+            "reference_energy": round(float(reference_energy[i]), 3),
+            "frame": stream.chunk_has_frame(s, i),
+        }
+        for i, (a, b, c) in enumerate(
+            zip(
+                timeline.chunk_text(ro.text_in),
+                timeline.chunk_text(ro.text),
+                timeline.chunk_text(ro.reference_text),
+                strict=True,
+            )
+        )
+    ]
+    summary = {
+        "scenario": ep.scenario,
+        "k": k,
+        "seed": ep.seed,
+        "split": ep.split,
+        "num_chunks": ep.num_chunks,
+        "chunk_ms": s.chunk_ms,
+        "rng_seed": ro.rng_seed,
+        "metrics": metrics,
+        "reference_metrics": reference,
+        "annotations": ep.annotations,
+        "chunks": chunks,
+    }
+    paths["episode"].write_text(json.dumps(summary, indent=1))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting
+
+
+def format_value(stat: dict | None, unit: str) -> str:
+    """One aggregated metric ({"mean", "n"}) with its unit; "n/a" where no episode had it."""
+    if stat is None or stat.get("mean") is None:
+        return "n/a"
+    m = stat["mean"]
+    if unit == "pct":
+        return f"{100 * m:.0f}%"
+    if unit == "count":
+        return f"{round(m * stat['n'])}/{stat['n']}"
+    if unit == "s":
+        return f"{m:.2f} s"
+    return f"{m:.1f} chunks"
+
+
+def row_cells(scenario: str, metrics: dict, reference: dict) -> tuple[str, ...]:
+    cells = []
+    for key, label, unit in (*TABLE.get(scenario, ()), *COMMON_COLUMNS):
+        value = format_value(metrics.get(key), unit)
+        data = format_value(reference.get(key), unit)
+        cells.append(f"{label} {value} (data: {data})")
+    return tuple(cells)
+
+
+def format_table(rows: Sequence[ScenarioRow]) -> str:
+    """The markdown table: one row per scenario, its episode count and metrics (data's value in parentheses)."""
+    lines = ["| scenario | episodes | what the model does (the data's own value) |", "|---|---:|---|"]
+    for row in rows:
+        lines.append(f"| {row.scenario} | {row.episodes} | {'; '.join(row.cells)} |")
+    return "\n".join(lines)
+
+
+def _summary_md(rows: Sequence[ScenarioRow], cfg: Config, episodes_per_scenario: int, seconds: float) -> str:
+    return "\n".join(
+        [
+            "# Behaviour on held-out episodes",
+            "",
+            f"{episodes_per_scenario} held-out episode(s) per scenario, {cfg.data.episode_chunks} chunks of "
+            f"{cfg.stream.chunk_ms} ms each, streamed open-loop through `microturn` (text greedy at temperature "
+            f"{cfg.serve.temperature}, mel sampled); {seconds:.1f} s.",
+            "",
+            format_table(rows),
+            "",
+            "Chunk counts are in chunks of the stream; the value in parentheses is what the episode's own "
+            "reference output scores. Definitions: `interaction_jax/eval/behaviour.py`.",
+            "",
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+
+
+def evaluate(
+    cfg: Config,
+    params: dict,
+    out_dir: str | Path,
+    *,
+    episodes_per_scenario: int = 2,
+    scenarios: Sequence[str] | None = None,
+    clips: ClipSource | None = None,
+    progress: bool = True,
+    microturn_fn: MicroturnFn | None = None,
+    vocoder_iterations: int = VOCODER_ITERATIONS,
+) -> EvalReport:
+    """Roll the model out over `episodes_per_scenario` held-out episodes of each scenario, score them,
+    write every episode's files and the summary into `out_dir`; return the report.
+
+    `scenarios`: default `data.scenarios` (rep_count dropped when video is off); `clips`: default the
+    clip bank (`pipeline.clip_source`); `microturn_fn`: a jitted microturn for `cfg` (default: one
+    compiled per config and reused).
+    """
+    if episodes_per_scenario < 1:
+        raise ValueError(f"episodes_per_scenario must be >= 1, got {episodes_per_scenario}")
+    names = tuple(scenarios) if scenarios is not None else default_scenarios(cfg)
+    for name in names:
+        eval_index(name, 0)  # unknown names fail before anything runs
+    if "rep_count" in names and not cfg.stream.video:
+        raise ValueError("rep_count counts a motion in the video, but stream.video is off; leave it out")
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clips = clips if clips is not None else pipeline.clip_source(cfg, progress)
+    fn = microturn_fn if microturn_fn is not None else microturn_for(cfg)
+
+    results: list[EpisodeResult] = []
+    rows: list[ScenarioRow] = []
+    bar = tqdm(total=len(names) * episodes_per_scenario, desc="evaluate", unit="episode", disable=not progress)
+    try:
+        for name in names:
+            model_metrics, reference_metrics = [], []
+            for k in range(episodes_per_scenario):
+                bar.set_postfix_str(f"{name} {k}")
+                ep = eval_episode(cfg, name, k, clips)
+                ro = rollout(cfg, params, ep, rng_seed=eval_index(name, k), microturn_fn=fn)
+                metrics, reference = _episode_metrics(ep, ro, cfg)
+                paths = _write_episode(out_dir / name / str(k), ep, ro, k, metrics, reference, cfg, vocoder_iterations)
+                results.append(EpisodeResult(name, k, ep.seed, metrics, reference, paths))
+                model_metrics.append(metrics)
+                reference_metrics.append(reference)
+                bar.update(1)
+            agg, ref = behaviour.aggregate(model_metrics), behaviour.aggregate(reference_metrics)
+            rows.append(ScenarioRow(name, episodes_per_scenario, agg, ref, row_cells(name, agg, ref)))
+    finally:
+        bar.close()
+
+    seconds = time.perf_counter() - start
+    summary_md, summary_json = out_dir / "summary.md", out_dir / "summary.json"
+    summary_md.write_text(_summary_md(rows, cfg, episodes_per_scenario, seconds))
+    summary = {
+        "episodes_per_scenario": episodes_per_scenario,
+        "scenarios": list(names),
+        "num_chunks": cfg.data.episode_chunks,
+        "chunk_ms": cfg.stream.chunk_ms,
+        "seconds": seconds,
+        "rows": [
+            {
+                "scenario": r.scenario,
+                "episodes": r.episodes,
+                "metrics": r.metrics,
+                "reference": r.reference,
+                "cells": list(r.cells),
+            }
+            for r in rows
+        ],
+        "episodes": [
+            {
+                "scenario": e.scenario,
+                "k": e.k,
+                "seed": e.seed,
+                "dir": str(e.paths["episode"].parent.relative_to(out_dir)),
+                "metrics": e.metrics,
+            }
+            for e in results
+        ],
+    }
+    summary_json.write_text(json.dumps(summary, indent=1))
+    return EvalReport(out_dir, tuple(rows), tuple(results), summary_md, summary_json, seconds)

@@ -1,0 +1,391 @@
+"""Evaluation: behaviour metrics on hand-made rollouts, rollouts that really feed the episode, `evaluate`'s files."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from interaction_jax import config as config_lib
+from interaction_jax import stream, tokenizer
+from interaction_jax.audio import wav
+from interaction_jax.data import render
+from interaction_jax.data.bank import LiveClips
+from interaction_jax.eval import behaviour, evaluate, report, rollout
+from interaction_jax.eval.rollout import cache_capacity, microturn_for, vocode
+from interaction_jax.model import cache, step
+
+CFG = config_lib.validate(
+    config_lib.override(
+        config_lib.preset("tiny"),
+        [
+            "model.n_layers=1",
+            "model.d_model=64",
+            "model.n_heads=2",
+            "model.n_kv_heads=1",
+            "model.head_dim=32",
+            "model.n_experts=2",
+            "model.top_k=1",
+            "model.expert_mlp=64",
+            "model.flow_hidden=64",
+            "model.flow_blocks=1",
+            "model.moe_dispatch=dense",
+            "serve.flow_steps=2",
+            "data.episode_chunks=45",
+        ],
+    )
+)
+S = CFG.stream
+N = 45  # chunks in the hand-made rollouts (the real ones too)
+PAD = tokenizer.PAD
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return LiveClips(S.sample_rate)
+
+
+@pytest.fixture(scope="module")
+def params():
+    """Random parameters of the right shapes, drawn with numpy (compiling `init_params` would cost more than
+    the rest of the file). Every leaf is random: the real init zeroes the flow head's modulation and
+    output, which makes a fresh model's mel ignore its input (and a check that the input reaches it vacuous)."""
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            return 1.0 + 0.05 * rng.standard_normal(leaf.shape).astype(leaf.dtype)
+        std = 0.05 if leaf.ndim < 2 else 1.0 / np.sqrt(leaf.shape[-2])
+        return (std * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+    shapes = jax.eval_shape(step.init_params, CFG, jax.random.key(0))
+    return jax.device_put(jax.tree_util.tree_map_with_path(draw, shapes))
+
+
+@pytest.fixture(scope="module")
+def episode(clips):
+    return report.eval_episode(CFG, "cue_speak", 0, clips)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-made rollouts
+
+
+def silent(n: int = N) -> np.ndarray:
+    return np.full((n, S.text_out_slots), PAD, np.int32)
+
+
+def say(text: np.ndarray, chunk: int, words: str) -> np.ndarray:
+    """`words` written into TEXT_OUT from `chunk` on, text_out_slots bytes per chunk (spilling like render)."""
+    out = text.copy()
+    tokens = tokenizer.encode(words)
+    for i, t in enumerate(tokens):
+        k, slot = chunk + i // S.text_out_slots, i % S.text_out_slots
+        out[k, slot] = t
+    return out
+
+
+def active(chunks, n: int = N) -> np.ndarray:
+    text = silent(n)
+    for k in chunks:
+        text = say(text, k, "a")
+    return text
+
+
+def test_text_activity_ignores_pad_and_eot_and_chunk_boundaries_are_exact():
+    text = silent(4)
+    text[1, 2] = tokenizer.EOT
+    text[2, 0] = ord("x")
+    text[3, 3] = tokenizer.DELEGATE
+    assert behaviour.text_active(text).tolist() == [False, False, True, True]
+    # a stretch ending exactly on a chunk boundary ends in the chunk before it
+    assert behaviour.end_chunk(1.2, S) == 5 and behaviour.end_chunk(1.2001, S) == 6
+    assert behaviour.span_chunks([[0.3, 1.0]], 8, S).tolist() == [False, True, True, True, True, False, False, False]
+
+
+TURN = {
+    "replies": [{"user_end": 1.05, "onset_chunk": 6}],  # e = 5: the data replies in chunk 6 or 7
+    "user_speech": [[0.2, 0.5], [0.9, 1.05]],
+    "user_utterances": [{"start": 0.2, "end": 1.05, "pauses": [[0.5, 0.9]], "typed": False}],
+}
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        ([6], {"reply_latency_chunks": 1.0, "reply_on_time": 1.0, "reply_missed": 0.0, "pause_false_start": 0.0}),
+        ([7], {"reply_latency_chunks": 2.0, "reply_on_time": 1.0, "reply_missed": 0.0}),
+        ([9], {"reply_latency_chunks": 4.0, "reply_on_time": 0.0, "reply_missed": 0.0}),
+        ([11], {"reply_latency_chunks": None, "reply_on_time": 0.0, "reply_missed": 1.0}),
+        ([], {"reply_latency_chunks": None, "reply_on_time": 0.0, "reply_missed": 1.0, "pause_false_start": 0.0}),
+        ([3, 6], {"reply_on_time": 1.0, "pause_false_start": 1.0}),  # speaks in the mid-utterance pause
+        ([5], {"reply_latency_chunks": None, "reply_missed": 1.0}),  # speaking in the user's last chunk: no reply
+    ],
+)
+def test_turn_taking(chunks, expected):
+    m = behaviour.turn_taking(TURN, active(chunks), S)
+    assert m["n_replies"] == 1 and m["n_pauses"] == 1
+    for key, value in expected.items():
+        assert m[key] == pytest.approx(value) if value is not None else m[key] is None, key
+    if chunks == [6]:
+        assert m["reply_latency_s"] == pytest.approx(6 * 0.2 - 1.05)
+
+
+def test_talk_over_and_agreement():
+    reference = active([6, 8])
+    m = behaviour.common(TURN, active([1, 6, 8]), S, reference_text=reference)
+    user_chunks = behaviour.span_chunks(TURN["user_speech"], N, S)
+    assert m["talk_over_rate"] == pytest.approx(1 / user_chunks.sum())
+    assert m["text_agreement"] == pytest.approx((N - 1) / N)
+    assert behaviour.common(TURN, reference, S, reference_text=reference)["text_agreement"] == 1.0
+
+
+def test_time_speak():
+    ann = {
+        "requests": [
+            {"n": 3, "request_end": 2.0, "target_time": 5.0, "onset_chunk": 25},
+            {"n": 2, "request_end": 7.0, "target_time": 9.0, "onset_chunk": 45 - 1},
+        ],
+        "user_utterances": [{"start": 0.5, "end": 2.0}, {"start": 6.0, "end": 7.0}],
+    }
+    exact = behaviour.time_speak(ann, active([25, 44]), S)
+    assert exact["timer_abs_error_s"] == pytest.approx((0 + abs(44 * 0.2 - 9.0)) / 2)
+    assert exact["timer_hit"] == 1.0 and exact["timer_missed"] == 0.0 and exact["n_requests"] == 2
+    late = behaviour.time_speak(ann, active([27]), S)  # 0.4 s late; nothing for the second request
+    assert late["timer_error_s"] == pytest.approx(0.4) and late["timer_hit"] == 0.0 and late["timer_missed"] == 0.5
+    # speaking before the request ends is not an answer to it; the window closes at the next request
+    early = behaviour.time_speak(ann, active([5, 28]), S)
+    assert early["timer_error_s"] == pytest.approx(28 * 0.2 - 5.0) and early["timer_missed"] == 0.5
+    assert behaviour.time_speak(ann, active([31]), S)["timer_missed"] == 1.0
+    never = behaviour.time_speak(ann, silent(), S)
+    assert never["timer_hit"] == 0.0 and never["timer_missed"] == 1.0 and never["timer_abs_error_s"] is None
+
+
+def test_cue_speak():
+    ann = {
+        "cues": [{"kind": "audio", "time": 4.0, "perceived_chunk": 20, "onset_chunk": 21}],
+        "user_utterances": [{"start": 0.5, "end": 2.0}],
+    }
+    on_time = behaviour.cue_speak(ann, active([21]), S)
+    assert on_time == {
+        "cue_latency_chunks": 1.0,
+        "cue_hit": 1.0,
+        "cue_missed": 0.0,
+        "cue_premature": 0.0,
+        "n_cues": 1,
+    }
+    jumpy = behaviour.cue_speak(ann, active([15, 24]), S)
+    assert jumpy["cue_premature"] == 1.0 and jumpy["cue_latency_chunks"] == 4.0 and jumpy["cue_hit"] == 0.0
+    assert behaviour.cue_speak(ann, active([5]), S)["cue_premature"] == 0.0  # during the request: not waiting yet
+    never = behaviour.cue_speak(ann, silent(), S)
+    assert never["cue_missed"] == 1.0 and never["cue_hit"] == 0.0 and never["cue_latency_chunks"] is None
+
+
+def test_rep_count():
+    ann = {"count": 3, "onset_chunks": [10, 20, 30]}
+    text = say(say(say(silent(), 10, "one"), 20, " two"), 30, " three<eot>")  # "three" spills into chunk 31
+    right = behaviour.rep_count(ann, text, S)
+    assert right["count_correct"] == 1.0 and right["count_error"] == 0.0
+    assert right["number_abs_error_chunks"] == 0.0 and right["number_hit"] == 1.0 and right["numbers_said"] == 1.0
+    short = behaviour.rep_count(ann, say(say(silent(), 12, "One"), 25, " two"), S)
+    assert short["count_correct"] == 0.0 and short["count_error"] == -1.0
+    assert short["numbers_said"] == pytest.approx(2 / 3) and short["number_abs_error_chunks"] == pytest.approx(3.5)
+    assert behaviour.number_words(say(silent(), 3, "someone twofold")) == []  # whole words only
+    never = behaviour.rep_count(ann, silent(), S)
+    assert never["count_correct"] == 0.0 and never["count_error"] is None and never["numbers_said"] == 0.0
+
+
+def test_interruption():
+    ann = {
+        "cut_chunk": 16,
+        "barge_in": 3.25,
+        "model_utterances": [{"start": 2.0, "end": 3.4, "cut": True}, {"start": 4.8, "end": 6.0, "cut": False}],
+        "user_utterances": [{"start": 0.2, "end": 1.8}, {"start": 3.25, "end": 4.4}],  # barge-in ends in chunk 21
+    }
+    yields = behaviour.interruption(ann, active([10, 12, 16, 22]), S)
+    assert yields["talking_at_barge_in"] == 1.0 and yields["yielded"] == 1.0 and yields["stop_latency_chunks"] == 0.0
+    assert yields["answer_latency_chunks"] == 1.0 and yields["answer_on_time"] == 1.0
+    late = behaviour.interruption(ann, active([10, 17, 18]), S)
+    assert late["yielded"] == 1.0 and late["stop_latency_chunks"] == 2.0
+    talks_on = behaviour.interruption(ann, active(range(10, 20)), S)
+    assert talks_on["yielded"] == 0.0 and talks_on["stop_latency_chunks"] == 3.0
+    mute = behaviour.interruption(ann, silent(), S)
+    assert mute["talking_at_barge_in"] == 0.0 and mute["yielded"] is None and mute["answer_on_time"] == 0.0
+
+
+def test_backchannel_and_delegate():
+    bc = {"backchannels": [{"pause": [1.0, 2.0], "onset_chunk": 6}, {"pause": [5.0, 6.0], "onset_chunk": 26}]}
+    assert behaviour.backchannel(bc, active([7]), S) == {"backchannel_hit": 0.5, "n_backchannels": 2}
+    assert behaviour.backchannel({"backchannels": []}, active([7]), S)["backchannel_hit"] is None
+
+    ann = {"delegations": [{"request": "9+13", "answer": "22", "request_chunk": 10, "result_chunk": 20}]}
+    good = say(say(silent(), 11, "<delegate>9+13</delegate>"), 24, "it is 22<eot>")
+    m = behaviour.delegate(ann, good, S)
+    assert m == {
+        "delegate_hit": 1.0,
+        "request_exact": 1.0,
+        "answer_said": 1.0,
+        "answer_delay_chunks": 5.0,
+        "n_delegations": 1,
+    }
+    wrong = say(say(silent(), 14, "<delegate>9+12</delegate>"), 16, "it is 22 or 122")  # early answer: not said
+    m = behaviour.delegate(ann, wrong, S)
+    assert m["delegate_hit"] == 0.0 and m["answer_said"] == 0.0 and m["answer_delay_chunks"] is None
+    assert behaviour.delegate(ann, say(silent(), 10, "<delegate>9+12</delegate>"), S)["request_exact"] == 0.0
+
+
+def test_aggregate_skips_what_does_not_apply():
+    agg = behaviour.aggregate(
+        [{"a": 1.0, "b": None, "n_x": 2}, {"a": 0.0, "b": float("nan"), "n_x": 3}, {"a": 0.5, "b": 4.0, "n_x": 0}]
+    )
+    assert agg["a"] == {"mean": 0.5, "n": 3}
+    assert agg["b"] == {"mean": 4.0, "n": 1}
+    assert agg["n_x"] == {"mean": 5.0, "n": 3}
+    assert report.format_value({"mean": 0.5, "n": 2}, "count") == "1/2"
+    assert report.format_value({"mean": None, "n": 0}, "pct") == "n/a"
+    assert report.plottable(np.array([[0, 65, 200, 256]])).tolist() == [[63, 65, 63, 256]]
+
+
+@pytest.mark.parametrize("scenario", config_lib.SCENARIOS)
+def test_the_data_scores_perfectly_on_its_own_episodes(scenario, clips):
+    """The metrics read the real annotations as intended: the episode's own output is on time everywhere."""
+    ep = report.eval_episode(CFG, scenario, 0, clips)
+    payloads, _ = render.chunk_payloads(ep, S)
+    text = np.stack([p.text_out for p in payloads])
+    m = behaviour.episode_metrics(scenario, ep.annotations, text, S, reference_text=text)
+    assert m["text_agreement"] == 1.0
+    perfect = {
+        "turn_taking": {"reply_on_time": 1.0, "reply_missed": 0.0, "pause_false_start": 0.0, "talk_over_rate": 0.0},
+        "backchannel": {"backchannel_hit": 1.0 if ep.annotations.get("backchannels") else None, "talk_over_rate": 0.0},
+        "interruption": {"talking_at_barge_in": 1.0, "yielded": 1.0, "answer_on_time": 1.0},
+        "time_speak": {"timer_hit": 1.0, "timer_missed": 0.0, "talk_over_rate": 0.0},
+        "cue_speak": {"cue_hit": 1.0, "cue_latency_chunks": 1.0, "cue_premature": 0.0, "talk_over_rate": 0.0},
+        "rep_count": {"count_correct": 1.0, "number_abs_error_chunks": 0.0, "number_hit": 1.0},
+        "delegate": {"delegate_hit": 1.0, "request_exact": 1.0, "answer_said": 1.0},
+    }[scenario]
+    for key, value in perfect.items():
+        assert m[key] == value, (key, m)
+    assert set(m) == set(behaviour.episode_metrics(scenario, ep.annotations, silent(), S))  # keys fixed per scenario
+    if scenario == "time_speak":
+        assert m["timer_abs_error_s"] <= 0.1 + 1e-9  # nearest chunk start to the target
+    # a mute model fails what the data passes
+    mute = behaviour.episode_metrics(scenario, ep.annotations, silent(ep.num_chunks), S, reference_text=text)
+    assert mute["text_agreement"] < 1.0 and mute["text_rate"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollouts
+
+
+def test_eval_episodes_are_heldout_and_a_function_of_scenario_and_k(clips, episode):
+    again = report.eval_episode(CFG, "cue_speak", 0, clips)
+    assert again.seed == episode.seed and episode.seed % 2 == 1 and episode.split == "heldout"
+    np.testing.assert_array_equal(again.user_audio, episode.user_audio)
+    seeds = {report.eval_episode(CFG, s, k, clips).seed for s in ("cue_speak", "turn_taking") for k in (0, 1)}
+    assert len(seeds) == 4
+    other = config_lib.override(CFG, ["data.seed=1"])
+    assert report.eval_episode(other, "cue_speak", 0, clips).seed != episode.seed
+
+
+def test_rollout_shapes_and_determinism(params, episode):
+    a = rollout(CFG, params, episode, rng_seed=0)
+    b = rollout(CFG, params, episode, rng_seed=0)
+    frames = S.audio_slots * S.stack
+    assert a.text.shape == (N, S.text_out_slots) and a.text.dtype == np.int32
+    assert a.mel.shape == (N, frames, S.n_mels) and a.levels.shape == (N, frames, S.n_mels)
+    np.testing.assert_array_equal(a.levels, stream.quantize_dmel(a.mel, S))
+    np.testing.assert_array_equal(a.text, b.text)
+    np.testing.assert_array_equal(a.mel, b.mel)
+    c = rollout(CFG, params, episode, rng_seed=1)
+    assert not np.array_equal(a.mel, c.mel)  # mel is sampled: another seed, other audio
+    payloads, _ = render.chunk_payloads(episode, S)
+    np.testing.assert_array_equal(a.reference_text, np.stack([p.text_out for p in payloads]))
+    np.testing.assert_array_equal(a.text_in, np.stack([p.text_in for p in payloads]))
+    assert a.energy.shape == (N,) and a.text_onset.shape == (N,)
+    assert (a.reference_energy == S.dmel_min).sum() > N // 2  # the data's model is silent most of the time
+    assert cache_capacity(S, N) == stream.chunk_start(S, N)
+
+
+def test_rollout_feeds_the_episode_stream(params, episode):
+    """Chunks 0 (a frame chunk) and 1 of the rollout are what microturn gives on the episode's own input."""
+    ro = rollout(CFG, params, episode, rng_seed=3)
+    payloads, _ = render.chunk_payloads(episode, S)
+    fn = microturn_for(CFG)
+    kv = cache.init_cache(CFG.model, 1, stream.window_length(S, N))
+    sampling = step.Sampling.from_config(CFG)
+    base = jax.random.key(3)
+    blocks = []
+    for k in (0, 1):
+        p = payloads[k]
+        patches = stream.patchify(p.frame) if p.frame is not None else np.zeros((S.patches_per_frame, 40, 40, 3))
+        block = {
+            "audio": p.audio_in[None],
+            "text": p.text_in[None].astype(np.int32),
+            "patches": patches[None].astype(np.uint8),
+            "active": np.array([True]),
+        }
+        blocks.append(block)
+        out, kv = fn(params, kv, block, jax.random.key_data(jax.random.fold_in(base, k)), sampling)
+        np.testing.assert_array_equal(np.asarray(out["text"][0]), ro.text[k])
+        np.testing.assert_allclose(np.asarray(out["mel"][0]).reshape(ro.mel[k].shape), ro.mel[k], rtol=1e-5, atol=1e-5)
+    # control: the same call on other input gives other output, so the comparison above can fail
+    kv = cache.init_cache(CFG.model, 1, stream.window_length(S, N))
+    other = blocks[0] | {"audio": np.full_like(blocks[0]["audio"], S.dmel_levels - 1)}
+    out, _ = fn(params, kv, other, jax.random.key_data(jax.random.fold_in(base, 0)), sampling)
+    assert not np.allclose(np.asarray(out["mel"][0]).reshape(ro.mel[0].shape), ro.mel[0], atol=1e-3)
+
+
+def test_vocode_is_episode_length_and_silence_is_silent():
+    mel = np.full((3, S.audio_slots * S.stack, S.n_mels), S.dmel_min, np.float32)
+    wave = vocode(mel, S, 3 * 3200)
+    assert wave.shape == (3 * 3200,) and not wave.any()
+    loud = vocode(mel + 6.0, S, 3 * 3200 + 7)
+    assert loud.shape == (3 * 3200 + 7,) and np.abs(loud[:3200]).max() > 1e-3 and not loud[-7:].any()
+
+
+def test_evaluate_writes_every_artefact(tmp_path, params, clips):
+    names = ("turn_taking", "cue_speak")
+    rep = evaluate(CFG, params, tmp_path, episodes_per_scenario=1, scenarios=names, clips=clips, progress=False)
+    assert [r.scenario for r in rep.rows] == list(names) and all(r.episodes == 1 for r in rep.rows)
+    for name in names:
+        folder = tmp_path / name / "0"
+        ep = report.eval_episode(CFG, name, 0, clips)
+        model, rate = wav.read_wav(folder / "model.wav")
+        assert rate == S.sample_rate and model.shape == ep.user_audio.shape
+        dialogue, _ = wav.read_wav(folder / "dialogue.wav")
+        assert dialogue.shape == (ep.user_audio.size, 2)
+        np.testing.assert_allclose(dialogue[:, 0], ep.user_audio, atol=1 / 32768)
+        np.testing.assert_array_equal(dialogue[:, 1], model)
+        assert (folder / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        saved = json.loads((folder / "episode.json").read_text())
+        assert saved["seed"] == ep.seed and saved["annotations"] == json.loads(json.dumps(ep.annotations))
+        assert len(saved["chunks"]) == N
+        # the saved metrics are those of this episode's rollout
+        ro = rollout(CFG, params, ep, rng_seed=report.eval_index(name, 0))
+        expected = behaviour.episode_metrics(
+            name,
+            ep.annotations,
+            ro.text,
+            S,
+            reference_text=ro.reference_text,
+            energy=ro.energy,
+            reference_energy=ro.reference_energy,
+        )
+        assert saved["metrics"] == pytest.approx(expected)
+        assert [c["text_out"] for c in saved["chunks"]] == [tokenizer.decode([int(t) for t in row]) for row in ro.text]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["scenario"] for r in summary["rows"]] == list(names)
+    for row in summary["rows"]:
+        keys = {key for key, _, _ in (*report.TABLE[row["scenario"]], *report.COMMON_COLUMNS)}
+        assert keys <= set(row["metrics"]) and keys <= set(row["reference"])
+        assert len(row["cells"]) == len(keys)
+    turn = summary["rows"][0]
+    assert turn["reference"]["reply_on_time"]["mean"] == 1.0 and turn["reference"]["text_agreement"]["mean"] == 1.0
+    table = rep.table()
+    assert table == (tmp_path / "summary.md").read_text().split("\n\n")[2]
+    assert table.count("\n") == 1 + len(names) and "| turn_taking | 1 |" in table
+    assert "reply onset" in table and "cue → onset" in table and "(data: 100%)" in table
+    assert rep.summary_json == tmp_path / "summary.json" and rep.out_dir == tmp_path
