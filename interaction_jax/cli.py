@@ -114,9 +114,10 @@ def cmd_train(argv: list[str]) -> None:
     )
     held = "—" if result.heldout_loss is None else f"{result.heldout_loss:.4f}"
     state = "stopped early (checkpoint saved)" if result.preempted else "done"
+    rate = "—" if result.tokens_per_s is None else f"{result.tokens_per_s:,.0f}"
     print(
         f"{state}: step {result.step}, loss {result.loss:.4f}, held-out loss {held}, "
-        f"{result.tokens_per_s:,.0f} tokens/s, {result.seconds:.0f} s → {workdir}"
+        f"{rate} tokens/s, {result.seconds:.0f} s → {workdir}"
     )
 
 
@@ -151,7 +152,9 @@ def cmd_sweep(argv: list[str]) -> None:
 
     if len(argv) != 1:
         raise app.UsageError("usage: interaction-jax sweep experiments/<sweep>.py [--dry-run --pod NAME] [--set k=v]")
-    sweep.run_sweep_command(
+    if FLAGS.config:
+        raise app.UsageError("sweep takes no --config: put shared overrides in the sweep file's BASE, or use --set")
+    results = sweep.run_sweep_command(
         argv[0],
         preset=FLAGS["preset"].value if FLAGS["preset"].present else None,
         sets=list(FLAGS.set),
@@ -161,7 +164,11 @@ def cmd_sweep(argv: list[str]) -> None:
         zone=FLAGS.zone,
         mesh=FLAGS.mesh,
         hosts=FLAGS.hosts,
+        num_devices=FLAGS.num_devices,
+        progress=FLAGS.progress,
     )
+    if any(r.status == "failed" for r in results):
+        sys.exit(1)
 
 
 COMMANDS = {

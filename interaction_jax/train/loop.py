@@ -40,7 +40,7 @@ class TrainResult:
     step: int  # last step trained
     loss: float  # mean training loss over the last logged interval
     heldout_loss: float | None  # at the last held-out evaluation (None: never evaluated)
-    tokens_per_s: float  # over the steps this call ran (compilation excluded)
+    tokens_per_s: float | None  # over the steps this call ran, compilation excluded (None: too few steps)
     seconds: float  # wall time of this call
     workdir: str
     preempted: bool  # stopped by SIGTERM or the time limit before train.steps
@@ -156,12 +156,15 @@ def train(
     log = MetricsLog(workdir, resume_step=start)
     heldout = HeldOut(cfg, clips, mesh, shardings) if t.eval_every else None
 
+    # Profile from the second step this call runs (the first one compiles), or the only one there is.
+    profile_start = min(start + 1, t.steps - 1) if profile_steps else -1
+    profile_stop = min(profile_start + profile_steps, t.steps)
     stop = StopSignal()
     step, preempted, last_loss, heldout_loss = start, False, float("nan"), None
     interval: list[dict] = []
     run_tokens, run_seconds = 0, 0.0
     bar = tqdm(total=t.steps, initial=start, disable=not progress or jax.process_index() != 0, desc="train")
-    with stop.installed():
+    with contextlib.closing(ckpt), contextlib.closing(log), contextlib.closing(bar), stop.installed():
         step_fn = None
         batch = next(data) if step < t.steps else None
         tokens_per_step = 0 if batch is None else int(np.prod(batch["kind"].shape)) * jax.process_count()
@@ -169,16 +172,17 @@ def train(
         while step < t.steps:
             if step_fn is None:
                 step_fn = step_lib.jit_train_step(cfg, opt, mesh, shardings, batch)
-            if profile_steps and step == start + 2:
+            if step == profile_start:
                 jax.profiler.start_trace(str(workdir / "profile"))
             state, metrics = step_fn(state, sharding.shard_batch(batch, mesh, cfg.mesh))
             step += 1
-            if profile_steps and step == start + 2 + profile_steps:
-                jax.block_until_ready(state)
-                jax.profiler.stop_trace()
             interval.append(metrics)
             out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
             stopping = _all_agree(stop.received or out_of_time) and step < t.steps
+            if profile_steps and profile_start < step and (step == profile_stop or stopping):
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+                logging.warning("profile of steps %d–%d written to %s", profile_start + 1, step, workdir / "profile")
             if step % t.log_every == 0 or step == t.steps or stopping:
                 values = {k: float(np.mean([float(m[k]) for m in interval])) for k in interval[0]}
                 now = time.perf_counter()
@@ -211,9 +215,6 @@ def train(
                 break
             if step < t.steps:
                 batch = next(data)
-    bar.close()
-    ckpt.close()
-    log.close()
     if np.isnan(last_loss):  # nothing trained in this call: report the run's last logged values
         records = read_jsonl(log.path)
         train_rows = [r for r in records if r["split"] == "train"]
@@ -224,7 +225,7 @@ def train(
         step=step,
         loss=last_loss,
         heldout_loss=heldout_loss,
-        tokens_per_s=run_tokens / run_seconds if run_seconds else float("nan"),
+        tokens_per_s=run_tokens / run_seconds if run_seconds else None,
         seconds=time.perf_counter() - started,
         workdir=str(workdir),
         preempted=preempted,
