@@ -10,6 +10,7 @@ step before it is used.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import warnings
 from pathlib import Path
@@ -44,7 +45,11 @@ def checkpoint_dir(workdir: str | Path) -> Path:
 
 def _manager(workdir: str | Path, keep: int | None = None, async_save: bool = True, read_only: bool = False):
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only, read_only=read_only
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save,
+        create=not read_only,
+        read_only=read_only,
+        save_interval_steps=0 if read_only else 1,  # orbax warns when a read-only manager has an interval
     )
     handlers = {
         # PyTree rather than Standard: only it can restore the params alone (`load_params`).
@@ -150,15 +155,21 @@ def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestor
     return ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=partial)
 
 
-def load_config(workdir: str | Path, step: int | None = None) -> Config:
-    """The config a workdir's checkpoint (the latest by default) was trained with."""
-    manager = _manager(workdir, read_only=True)
+def _latest(manager, workdir: str | Path, step: int | None) -> int:
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    manager.close()
-    return config_lib.from_dict(saved)
+    return step
+
+
+def _saved_config(manager, step: int) -> Config:
+    return config_lib.from_dict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+
+
+def load_config(workdir: str | Path, step: int | None = None) -> Config:
+    """The config a workdir's checkpoint (the latest by default) was trained with."""
+    with contextlib.closing(_manager(workdir, read_only=True)) as manager:
+        return _saved_config(manager, _latest(manager, workdir, step))
 
 
 def load_params(workdir: str | Path, step: int | None = None) -> tuple[Config, Any, int]:
@@ -168,14 +179,11 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Config, A
     """
     from interaction_jax.model import step as step_lib
 
-    manager = _manager(workdir, read_only=True)
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
-    cfg = load_config(workdir, step)
-    device = SingleDeviceSharding(jax.devices()[0])
-    shapes = jax.eval_shape(lambda: step_lib.init_params(cfg, jax.random.key(0)))
-    item = {"params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)}
-    restored = manager.restore(step, args=ocp.args.Composite(state=_restore_args(item, partial=True)))
-    manager.close()
+    with contextlib.closing(_manager(workdir, read_only=True)) as manager:
+        step = _latest(manager, workdir, step)
+        cfg = _saved_config(manager, step)
+        device = SingleDeviceSharding(jax.devices()[0])
+        shapes = jax.eval_shape(lambda: step_lib.init_params(cfg, jax.random.key(0)))
+        item = {"params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)}
+        restored = manager.restore(step, args=ocp.args.Composite(state=_restore_args(item, partial=True)))
     return cfg, restored["state"]["params"], step
