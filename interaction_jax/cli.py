@@ -2,14 +2,16 @@
 
 Commands: `demo` (the main job: train tiny, then stream held-out episodes through it), `train`,
 `eval` (stream held-out episodes through a workdir's checkpoint), `sweep` (run or print a sweep of
-experiments/*.py), `config` (print the resolved config), `plan` (parameter and memory plan from
-shapes) and `data preview|bank` (look at a synthetic episode; build the clip bank). Every command
-shares the config flags: --preset, --config, --mesh, --set.
+experiments/*.py), `serve` (a WebSocket server over a workdir's checkpoint), `talk` (stream a
+wav through a server and write the model's side), `config` (print the resolved config), `plan`
+(parameter and memory plan from shapes) and `data preview|bank` (look at a synthetic episode;
+build the clip bank). Every command shares the config flags: --preset, --config, --mesh, --set.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 from absl import app, flags, logging
@@ -23,7 +25,7 @@ flags.DEFINE_string("mesh", None, "mesh config YAML (mesh_configs/*.yaml); defau
 flags.DEFINE_multi_string("set", [], "override a config key: --set model.d_model=256 (repeatable)")
 flags.DEFINE_integer("num_devices", None, "plan: device count (default: what the mesh config implies)")
 flags.DEFINE_string("scenario", "turn_taking", "data preview: which scenario (see data.scenarios)")
-flags.DEFINE_integer("seed", 0, "data preview: the episode seed")
+flags.DEFINE_integer("seed", 0, "data preview: the episode seed; talk: the session's sampling seed")
 flags.DEFINE_enum("split", "train", ["train", "heldout"], "data preview: voices and sentences of this split")
 flags.DEFINE_string("out", None, "output folder (default: preview/ for data preview, demo/ for demo, <workdir>/eval)")
 flags.DEFINE_string("workdir", None, "train/eval: the run's folder (checkpoints, metrics.jsonl); sweep: the root")
@@ -39,6 +41,15 @@ flags.DEFINE_bool("dry-run", False, "sweep: print the launch commands instead of
 flags.DEFINE_string("pod", None, "sweep --dry-run: the TPU pod (VM) name to print per-host commands for")
 flags.DEFINE_string("zone", None, "sweep --dry-run: the TPU pod's zone")
 flags.DEFINE_integer("hosts", None, "sweep --dry-run: hosts in the pod (default: from the mesh config)")
+flags.DEFINE_string("host", None, "serve: the address to listen on (default serve.host, 127.0.0.1)")
+flags.DEFINE_integer("port", None, "serve: the port to listen on (default serve.port, 8765; 0: any free one)")
+flags.DEFINE_string(
+    "auth-token", None, "serve: clients must send this token (needed to bind beyond loopback); talk: send it"
+)
+flags.DEFINE_string("server", "ws://127.0.0.1:8765", "talk: the server's URL")
+flags.DEFINE_string("wav", None, "talk: the input wav (mono or stereo, any rate: resampled to 16 kHz)")
+flags.DEFINE_string("frames", None, "talk: a folder of .png/.npy frames, shown one per frame chunk in name order")
+flags.DEFINE_multi_string("text", [], "talk: typed text at a time, SECONDS:TEXT (repeatable), e.g. --text 3.2:hello")
 
 
 def resolve_config() -> config_lib.Config:
@@ -171,11 +182,59 @@ def cmd_sweep(argv: list[str]) -> None:
         sys.exit(1)
 
 
+def _auth_token() -> str | None:
+    return FLAGS["auth-token"].value or os.environ.get("INTERACTION_JAX_AUTH_TOKEN") or None
+
+
+def cmd_serve(argv: list[str]) -> None:
+    import asyncio
+
+    from interaction_jax.serve import server
+    from interaction_jax.train import checkpoint
+
+    workdir = _require_workdir("serve")
+    shape_keys = [s for s in FLAGS.set if s.split("=", 1)[0].split(".", 1)[0] in checkpoint.SHAPE_SECTIONS]
+    if shape_keys:
+        raise config_lib.ConfigError(
+            shape_keys[0].split("=", 1)[0], "the checkpoint fixes the model and stream", "set serve.* keys only"
+        )
+    cfg, params, step = checkpoint.load_params(workdir)
+    cfg = config_lib.validate(config_lib.override(cfg, FLAGS.set), purpose="serve")
+    print(f"step {step} of {workdir}", flush=True)
+    asyncio.run(server.serve_forever(cfg, params, host=FLAGS.host, port=FLAGS.port, auth_token=_auth_token()))
+
+
+def cmd_talk(argv: list[str]) -> None:
+    import asyncio
+
+    from interaction_jax.serve import client
+
+    if not FLAGS.wav:
+        raise app.UsageError(
+            "usage: interaction-jax talk --server ws://HOST:PORT --wav in.wav [--frames DIR] --out out/"
+        )
+    try:
+        texts = [client.parse_text_arg(t) for t in FLAGS.text]
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    out = FLAGS.out or "talk"
+    audio = client.read_input(FLAGS.wav, client.SAMPLE_RATE)
+    result = asyncio.run(
+        client.talk(FLAGS.server, audio, out, frames=FLAGS.frames, texts=texts, token=_auth_token(), seed=FLAGS.seed)
+    )
+    said = "".join(r.text for r in result.replies)
+    events = [e["type"] for r in result.replies for e in r.events if e["type"] != "speaking"]
+    print(f"{len(result.replies)} chunks → {out}/output.wav, timeline.json, timeline.png")
+    print(f"model text: {said!r}" + (f"; events: {', '.join(events)}" if events else ""))
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "eval": cmd_eval,
     "sweep": cmd_sweep,
+    "serve": cmd_serve,
+    "talk": cmd_talk,
     "config": cmd_config,
     "plan": cmd_plan,
     "data": cmd_data,

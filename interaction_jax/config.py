@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -182,7 +183,17 @@ class ServeConfig:
     top_p: float = 1.0
     flow_temperature: float = 1.0
     flow_steps: int = 8
-    idle_timeout_s: float = 30.0
+    idle_timeout_s: float = 30.0  # a session that sends nothing for this long is closed and its slot freed
+    # realtime: the engine ticks every chunk_ms and a chunk that is not in by then is silence;
+    # lockstep: it ticks once every open session has sent its next chunk (evaluation, tests)
+    clock: Literal["realtime", "lockstep"] = "realtime"
+    agent: Literal["tools", "lm", "none"] = "tools"  # the background agent DELEGATE requests go to
+    agent_latency_s: float = 0.4  # tools: stream time between the request and its answer
+    agent_workdir: str = ""  # lm: the workdir of the checkpoint that answers
+    tools_clock: str = "12:00"  # tools: the time of day when a session starts (its clock runs in stream time)
+    vocoder_iterations: int = 8  # Griffin-Lim iterations per chunk of the model's voice
+    host: str = "127.0.0.1"  # another address needs --auth-token
+    port: int = 8765  # 0: any free port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -516,6 +527,8 @@ _MAY_BE_ZERO = frozenset(
         "num_workers",
         "eval_every",
         "shards",
+        "agent_latency_s",
+        "port",
     }
 )
 _MAY_BE_NEGATIVE = frozenset({"dmel_min", "mel_mean"})
@@ -617,6 +630,17 @@ def validate(cfg: Config, num_devices: int | None = None, purpose: Literal["all"
         raise ConfigError(
             "data.scenarios", "rep_count counts a motion in the video, but stream.video is off", "drop rep_count"
         )
+    sv = cfg.serve
+    if sv.agent == "lm" and not sv.agent_workdir:
+        raise ConfigError(
+            "serve.agent_workdir", "the lm agent needs a checkpoint to answer with", "set it to a workdir"
+        )
+    if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", sv.tools_clock):
+        raise ConfigError(
+            "serve.tools_clock", f"{sv.tools_clock!r} is not a time of day", "write it as H:MM, e.g. 9:30"
+        )
+    if sv.port > 65535:
+        raise ConfigError("serve.port", f"{sv.port} is not a TCP port", "use 0 (any free port) to 65535")
     if cfg.mesh.device_kind not in ("cpu", "gpu", "tpu"):
         raise ConfigError("mesh.device_kind", f"unknown kind {cfg.mesh.device_kind!r}", "use cpu, gpu or tpu")
     known_axes = set(MESH_AXES)

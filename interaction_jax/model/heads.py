@@ -81,11 +81,23 @@ def flow_matching_loss(velocity: VelocityFn, target: jax.Array, mask: jax.Array,
     return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
+def per_row(draw: Callable[[jax.Array, jax.Array], jax.Array], rng: jax.Array, x: jax.Array) -> jax.Array:
+    """`draw(rng, x)` with one key for all rows (`rng` a single key), or row by row with one key per row
+    (`rng` [N] keys): then a row's draw depends on its own key alone, never on the other rows of the batch."""
+    if rng.ndim == 0:
+        return draw(rng, x)
+    return jax.vmap(lambda r, xi: draw(r, xi[None])[0])(rng, x)
+
+
 def euler_sample(
     velocity: VelocityFn, shape: tuple[int, ...], steps: int, temperature: jax.Array, rng: jax.Array
 ) -> jax.Array:
-    """Integrate dx/dt = v from noise (scaled by `temperature`) at t = 0 to t = 1 in `steps` Euler steps."""
-    x = temperature * jax.random.normal(rng, shape, jnp.float32)
+    """Integrate dx/dt = v from noise (scaled by `temperature`) at t = 0 to t = 1 in `steps` Euler steps.
+
+    `rng`: one key, or one key per row (`shape[0]` keys; see `per_row`).
+    """
+    noise = per_row(lambda r, z: jax.random.normal(r, z.shape, jnp.float32), rng, jnp.zeros(shape, jnp.float32))
+    x = temperature * noise
     dt = 1.0 / steps
 
     def body(i, x):
@@ -98,7 +110,8 @@ def euler_sample(
 def sample_text(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, rng: jax.Array) -> jax.Array:
     """Token ids from logits [N, V]: greedy when temperature is 0, else nucleus (top-p) sampling.
 
-    temperature and top_p are traced scalars, so changing them does not recompile.
+    temperature and top_p are traced scalars, so changing them does not recompile. `rng`: one key, or
+    one key per row ([N] keys; see `per_row`).
     """
     logits = logits.astype(jnp.float32)
     greedy = jnp.argmax(logits, axis=-1)
@@ -108,6 +121,6 @@ def sample_text(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, rng
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
     keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
-    choice = jax.random.categorical(rng, jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
+    choice = per_row(lambda r, x: jax.random.categorical(r, x, axis=-1), rng, jnp.where(keep, sorted_logits, -jnp.inf))
     sampled = jnp.take_along_axis(order, choice[..., None], axis=-1)[..., 0]
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)

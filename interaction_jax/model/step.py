@@ -225,6 +225,13 @@ def _one_token_batch(
     return batch
 
 
+def split_keys(rng: jax.Array, n: int) -> jax.Array:
+    """`n` keys along a new leading axis: [n] from one key, [n, B] from one key per row (each row split alone)."""
+    if rng.ndim == 0:
+        return jax.random.split(rng, n)
+    return jnp.moveaxis(jax.vmap(lambda r: jax.random.split(r, n))(rng), 1, 0)
+
+
 def microturn(
     params: dict, cache: Cache, input_block: dict, rng: jax.Array, sampling: Sampling, *, cfg: Config
 ) -> tuple[dict, Cache]:
@@ -235,6 +242,10 @@ def microturn(
     only on frame chunks); `active` bool [B] (inactive rows are left untouched). Optional teacher
     forcing: `teacher_text` int32 [B, text_out_slots] and/or `teacher_mel` float32
     [B, audio_slots, stack, n_mels] replace the sampled outputs that are fed back.
+
+    `rng`: one key for the whole batch, or one key per row ([B] keys, typed or raw uint32 [B, 2] key
+    data) so that a row's samples depend on its own key alone, whatever else is in the batch (serving
+    gives each session its own).
 
     Output slots are generated in order (TEXT_OUT then AUDIO_OUT, one `lax.scan` each); every slot
     is predicted from the hidden state of the token before it and fed back through `step`, with
@@ -247,7 +258,9 @@ def microturn(
     active = input_block["active"]
     hidden, cache, _ = step(params, cache, input_block_batch(cfg, cache, input_block), cfg=cfg)
     h = hidden[:, -1]  # the last TEXT_IN token predicts the first TEXT_OUT slot
-    text_rng, audio_rng = jax.random.split(rng)
+    if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)
+    text_rng, audio_rng = split_keys(rng, 2)
 
     def text_slot(carry, xs):
         h, cache = carry
@@ -277,8 +290,7 @@ def microturn(
         return (hidden[:, 0], cache), (mel, levels)
 
     def slot_inputs(key, n, teacher):
-        keys = jax.random.split(key, n)
-        return keys, (None if teacher is None else jnp.moveaxis(teacher, 1, 0))
+        return split_keys(key, n), (None if teacher is None else jnp.moveaxis(teacher, 1, 0))
 
     teacher_text = input_block.get("teacher_text")
     teacher_mel = input_block.get("teacher_mel")

@@ -69,7 +69,7 @@ def train_step(state: TrainState, batch: dict, *, cfg: Config, optimizer: optax.
     metrics.pop("rows")
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = metrics | {"grad_norm": optax.global_norm(grads), "lr": learning_rate(cfg.train)(state.step)}
+    metrics = metrics | {"grad_norm": optax.tree_utils.tree_norm(grads), "lr": learning_rate(cfg.train)(state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

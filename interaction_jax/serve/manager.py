@@ -1,0 +1,268 @@
+"""Streaming sessions over one engine: open → append chunks → close, ticked by a clock (DESIGN §11).
+
+Like SGLang's streaming sessions, a session is append-only with one chunk in flight: `submit` hands
+in the next chunk and the tick that consumes it puts the reply in the session's `outbox`. The clock:
+
+- `realtime`: a tick every `chunk_ms` of wall time over every open session; a session whose chunk is
+  not in by then gets a chunk of silence (as in life), and the model's reply to it is sent all the same.
+- `lockstep`: a tick as soon as a chunk is in, over every session whose chunk is in (evaluation,
+  tests): nothing is ever silence, so a session's outputs follow from its inputs alone, however fast
+  or slowly its client sends (and a stalled client holds up no one else).
+
+Every engine call (open, close, tick) runs on one worker thread, in order, so the engine is never
+touched by two threads and the asyncio loop stays free for the sockets while a tick computes. Between
+ticks, on the loop, background-agent text is moved into the sessions' TEXT_IN queues; sessions idle
+for `serve.idle_timeout_s` are closed; a session whose next chunk would overflow its cache row ends
+with an `end_of_context` event on its last reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+
+from absl import logging
+
+from interaction_jax.data.episode import chunk_seconds
+from interaction_jax.serve.agents import Agent, AgentRequest, StreamClock
+from interaction_jax.serve.engine import CapacityError, Engine
+from interaction_jax.serve.session import ClientChunk, Reply, Session
+
+
+class Refused(Exception):
+    """A session could not be opened (`code` "capacity") or a chunk not taken ("busy", "closed")."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclasses.dataclass(frozen=True)
+class Closed:
+    """The last item of a session's outbox."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    """An out-of-band message for the session's client (an error about one of its messages)."""
+
+    text: str
+
+
+@dataclasses.dataclass(eq=False)
+class LiveSession:
+    session: Session
+    clock: StreamClock
+    outbox: asyncio.Queue
+    last_seen: float
+    pending: collections.deque[ClientChunk] = dataclasses.field(default_factory=collections.deque)
+    closed: bool = False
+    incoming: list[Callable[[Session], None]] = dataclasses.field(default_factory=list)
+    tasks: set[asyncio.Task] = dataclasses.field(default_factory=set)
+
+    @property
+    def id(self) -> str:
+        return self.session.id
+
+
+class SessionManager:
+    """Sessions, their clock and their background agent over one `Engine`. Use from one asyncio loop."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: str | None = None,
+        agent: Agent | None = None,
+        idle_timeout_s: float | None = None,
+    ):
+        self.engine, self.cfg = engine, engine.cfg
+        self.clock_mode = clock or self.cfg.serve.clock
+        if self.clock_mode not in ("realtime", "lockstep"):
+            raise ValueError(f"clock must be realtime or lockstep, got {self.clock_mode!r}")
+        self.idle_timeout_s = self.cfg.serve.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
+        self.max_pending = 2 if self.clock_mode == "realtime" else 1
+        self.agent = agent
+        self.sessions: dict[str, LiveSession] = {}
+        self.ticks = 0
+        self.tick_seconds: list[float] = []  # wall time of each tick's engine work, for benchmarks
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self._wake = asyncio.Event()
+        self._seeds = itertools.count(1)
+
+    async def _on_worker(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    # -- sessions
+
+    async def open(self, *, seed: int | None = None) -> LiveSession:
+        try:
+            slot = await self._on_worker(self.engine.open, next(self._seeds) if seed is None else seed)
+        except CapacityError:
+            n = self.engine.max_sessions
+            raise Refused("capacity", f"all {n} sessions are in use; try again when one closes") from None
+        live = LiveSession(
+            Session(self.cfg, uuid.uuid4().hex[:12], slot), StreamClock(), asyncio.Queue(), time.monotonic()
+        )
+        self.sessions[live.id] = live
+        self._wake.set()
+        return live
+
+    def submit(self, live: LiveSession, chunk: ClientChunk) -> None:
+        """Hand in the session's next chunk; Refused("busy") while the previous one is not ticked yet.
+
+        In realtime mode one more chunk may wait behind it (a jitter buffer: a chunk that arrived late,
+        after its tick, and the next one on time both land between the same two ticks).
+        """
+        if live.closed:
+            raise Refused("closed", "this session is closed")
+        if len(live.pending) >= self.max_pending:
+            if self.max_pending == 1:
+                raise Refused("busy", "one chunk in flight per session: wait for the reply before sending the next")
+            raise Refused("busy", f"{self.max_pending} chunks already wait for their ticks: send in real time")
+        live.pending.append(chunk)
+        live.last_seen = time.monotonic()
+        self._wake.set()
+
+    def close(self, live: LiveSession, reason: str) -> None:
+        if live.closed:
+            return
+        live.closed = True
+        self.sessions.pop(live.id, None)
+        for task in live.tasks:
+            task.cancel()
+        live.outbox.put_nowait(Closed(reason))
+        asyncio.get_running_loop().run_in_executor(self._worker, self.engine.close, live.session.slot)
+        self._wake.set()
+
+    def reap(self, now: float | None = None) -> list[str]:
+        """Close the sessions idle for longer than serve.idle_timeout_s; their ids."""
+        now = time.monotonic() if now is None else now
+        timeout = self.idle_timeout_s
+        idle = [x for x in self.sessions.values() if not x.pending and now - x.last_seen > timeout]
+        for x in idle:
+            self.close(x, f"idle for more than {timeout:g} s")
+        return [x.id for x in idle]
+
+    # -- ticks
+
+    def ready(self) -> bool:
+        """Whether a lockstep tick has anything to do: some session's chunk is in."""
+        return any(x.pending for x in self.sessions.values())
+
+    async def tick(self) -> list[tuple[LiveSession, Reply]]:
+        """One tick: realtime — every open session (silence where nothing came); lockstep — those with input."""
+        await asyncio.sleep(0)  # agents woken by the last tick's clock advance hand in their text first
+        members = [x for x in self.sessions.values() if self.clock_mode == "realtime" or x.pending]
+        if not members:
+            return []
+        chunks = []
+        for x in members:
+            for apply in x.incoming:
+                apply(x.session)
+            x.incoming.clear()
+            chunks.append(x.pending.popleft() if x.pending else None)
+
+        def work():
+            start = time.perf_counter()
+            inputs = {x.session.slot: x.session.prepare(c) for x, c in zip(members, chunks, strict=True)}
+            outputs = self.engine.tick(inputs)
+            done = [(x, *x.session.finish(outputs[x.session.slot])) for x in members]
+            ends = {x.id for x in members if not self.engine.fits_next_chunk(x.session.slot)}
+            return done, ends, time.perf_counter() - start
+
+        done, ends, seconds = await self._on_worker(work)
+        self.ticks += 1
+        self.tick_seconds.append(seconds)
+        replies = []
+        for x, reply, requests in done:
+            if x.closed:  # closed while its tick ran
+                continue
+            x.clock.advance(x.session.time_s)
+            for request in requests:
+                self._delegate(x, request)
+            if x.id in ends:
+                reply = dataclasses.replace(
+                    reply, events=(*reply.events, {"type": "end_of_context", "chunks": x.session.chunk})
+                )
+            x.outbox.put_nowait(reply)
+            replies.append((x, reply))
+            if x.id in ends:
+                self.close(x, f"end of context: the session's {self.engine.max_len} cache slots are full")
+        return replies
+
+    async def run(self) -> None:
+        """Tick forever by the clock (cancel the task to stop)."""
+        period = chunk_seconds(self.cfg.stream)
+        if self.clock_mode == "realtime":
+            deadline = time.monotonic()
+            while True:
+                deadline += period
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                self.reap()
+                await self.tick()
+                if time.monotonic() > deadline + period:  # fell behind: carry on from now, not in a burst
+                    deadline = time.monotonic()
+        else:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, self.idle_timeout_s))
+                self._wake.clear()
+                self.reap()
+                if self.ready():
+                    await self.tick()
+
+    async def shutdown(self) -> None:
+        for x in list(self.sessions.values()):
+            self.close(x, "server shutting down")
+        await self._on_worker(lambda: None)  # the last engine call has finished
+        self._worker.shutdown(wait=True)
+
+    # -- background agents
+
+    def _delegate(self, live: LiveSession, request: str) -> None:
+        if self.agent is None:
+            live.incoming.append(lambda s: _error_result(s, request, "no background agent on this server"))
+            return
+        task = asyncio.get_running_loop().create_task(self._run_agent(live, request))
+        live.tasks.add(task)
+        task.add_done_callback(live.tasks.discard)
+
+    async def _run_agent(self, live: LiveSession, request: str) -> None:
+        s = live.session
+        query = AgentRequest(s.id, request, s.time_s, s.transcript())
+        pieces: list[str] = []
+        try:
+            async for piece in self.agent.answer(query, live.clock):
+                if not pieces:
+                    live.incoming.append(lambda s: s.begin_result())
+                pieces.append(piece)
+                live.incoming.append(lambda s, p=piece: s.add_result_text(p))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # an agent failure is an error result, never a dead session
+            logging.warning("agent failed on %r for session %s: %s", request, s.id, e)
+            message = str(e) or type(e).__name__
+            if pieces:
+                live.incoming.append(lambda s: s.end_result(request, "".join(pieces), message))
+            else:
+                live.incoming.append(lambda s: _error_result(s, request, message))
+            return
+        if not pieces:
+            live.incoming.append(lambda s: s.begin_result())
+        live.incoming.append(lambda s: s.end_result(request, "".join(pieces)))
+
+
+def _error_result(session: Session, request: str, message: str) -> None:
+    session.begin_result()
+    session.add_result_text(f"error: {message}")
+    session.end_result(request, "", message)
