@@ -146,7 +146,7 @@ def test_cli_plan_prints_the_table():
 def test_cli_without_a_command_prints_usage():
     out = run_cli()
     assert out.returncode != 0
-    assert "commands: demo, train, eval, sweep, config, plan, data" in out.stderr
+    assert "commands: demo, train, eval, sweep, serve, talk, config, plan, data" in out.stderr
 
 
 @pytest.mark.parametrize(

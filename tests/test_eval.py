@@ -14,7 +14,7 @@ from interaction_jax.audio import wav
 from interaction_jax.data import render
 from interaction_jax.data.bank import LiveClips
 from interaction_jax.eval import behaviour, evaluate, report, rollout
-from interaction_jax.eval.rollout import cache_capacity, microturn_for, vocode
+from interaction_jax.eval.rollout import cache_capacity, vocode
 from interaction_jax.model import cache, step
 
 CFG = config_lib.validate(
@@ -310,10 +310,11 @@ def test_rollout_shapes_and_determinism(params, episode):
 
 
 def test_rollout_feeds_the_episode_stream(params, episode):
-    """Chunks 0 (a frame chunk) and 1 of the rollout are what microturn gives on the episode's own input."""
+    """Chunks 0 (a frame chunk) and 1 of the rollout are what microturn gives on the episode's own input,
+    sampling with the session's key of each chunk."""
     ro = rollout(CFG, params, episode, rng_seed=3)
     payloads, _ = render.chunk_payloads(episode, S)
-    fn = microturn_for(CFG)
+    fn = step.jit_microturn(CFG)
     kv = cache.init_cache(CFG.model, 1, stream.window_length(S, N))
     sampling = step.Sampling.from_config(CFG)
     base = jax.random.key(3)
@@ -328,13 +329,13 @@ def test_rollout_feeds_the_episode_stream(params, episode):
             "active": np.array([True]),
         }
         blocks.append(block)
-        out, kv = fn(params, kv, block, jax.random.key_data(jax.random.fold_in(base, k)), sampling)
+        out, kv = fn(params, kv, block, jax.random.fold_in(base, k)[None], sampling)
         np.testing.assert_array_equal(np.asarray(out["text"][0]), ro.text[k])
         np.testing.assert_allclose(np.asarray(out["mel"][0]).reshape(ro.mel[k].shape), ro.mel[k], rtol=1e-5, atol=1e-5)
     # control: the same call on other input gives other output, so the comparison above can fail
     kv = cache.init_cache(CFG.model, 1, stream.window_length(S, N))
     other = blocks[0] | {"audio": np.full_like(blocks[0]["audio"], S.dmel_levels - 1)}
-    out, _ = fn(params, kv, other, jax.random.key_data(jax.random.fold_in(base, 0)), sampling)
+    out, _ = fn(params, kv, other, jax.random.fold_in(base, 0)[None], sampling)
     assert not np.allclose(np.asarray(out["mel"][0]).reshape(ro.mel[0].shape), ro.mel[0], atol=1e-3)
 
 

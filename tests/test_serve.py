@@ -29,7 +29,7 @@ from interaction_jax.serve.client import Client, SessionError
 from interaction_jax.serve.engine import CapacityError, ChunkInput, ChunkOutput, Engine
 from interaction_jax.serve.manager import Closed, Refused, SessionManager
 from interaction_jax.serve.server import Server
-from interaction_jax.serve.session import ClientChunk
+from interaction_jax.serve.session import ClientChunk, Session
 from interaction_jax.testing import random_chunks
 from tests.test_train import SMALL
 
@@ -74,8 +74,9 @@ def client_chunks(seed: int, n: int, *, video: bool = False, texts: dict[int, st
     return chunks
 
 
-async def direct(engine: Engine, chunks: list[ClientChunk], seed: int, agent=None) -> list:
-    """The chunks through a SessionManager with no transport: submit, tick, take the reply."""
+async def direct(engine: Engine, chunks: list[ClientChunk], seed: int, agent=None, pause: float = 0.0) -> list:
+    """The chunks through a SessionManager with no transport: submit, tick, take the reply (then wait
+    `pause` seconds, as a client would between chunks)."""
     manager = SessionManager(engine, clock="lockstep", agent=agent)
     live = await manager.open(seed=seed)
     replies = []
@@ -83,6 +84,7 @@ async def direct(engine: Engine, chunks: list[ClientChunk], seed: int, agent=Non
         manager.submit(live, c)
         await manager.tick()
         replies.append(live.outbox.get_nowait())
+        await asyncio.sleep(pause)
     manager.close(live, "done")
     await manager.shutdown()
     return replies
@@ -425,10 +427,12 @@ def test_malformed_input_gets_clear_errors_and_the_others_are_served_unchanged(e
         assert client.ws.close_code == 1009
 
     async def main():
+        compiled = engine.compilations
         async with serving(engine) as (server, url):
             good, *_ = await asyncio.gather(stream_through(url, good_chunks, 8), bad_hellos(url), bad_messages(url))
             assert sum(server.errors.values()) == len(BAD_HELLOS) + len(BAD_MESSAGES)
-            return good
+        assert engine.compilations == compiled  # sessions coming and going never recompile the tick
+        return good
 
     assert len(BAD_HELLOS) + len(BAD_MESSAGES) >= 20
     good = asyncio.run(main())
@@ -495,8 +499,9 @@ def _ids(text: str) -> list[int]:
 DELEGATING = {2: _ids("<delegate>17+"), 3: _ids("25</delegate>")}
 
 
-def _run_scripted(agent, n: int = 10, texts=None):
-    return asyncio.run(direct(ScriptedEngine(DELEGATING), client_chunks(0, n, texts=texts), seed=0, agent=agent))
+def _run_scripted(agent, n: int = 10, texts=None, pause: float = 0.0):
+    chunks = client_chunks(0, n, texts=texts)
+    return asyncio.run(direct(ScriptedEngine(DELEGATING), chunks, seed=0, agent=agent, pause=pause))
 
 
 def _result_chunk(replies) -> int:
@@ -611,3 +616,59 @@ def test_realtime_clock_ticks_without_waiting_and_talk_stays_time_synchronous(en
         np.testing.assert_array_equal(result.output[(r.chunk - start) * N : (r.chunk - start + 1) * N], r.audio)
     assert tokenizer.encode("hi") == [i for r in result.replies for i in r.text_in_ids if i != tokenizer.PAD]
     assert ticks >= 7
+
+
+def test_an_engine_row_is_one_direct_microturn(params):
+    """The engine adds nothing to `microturn`: a one-row engine's tick is the jitted call on the same block,
+    with the session's key `fold_in(key(seed), chunk)`."""
+    from interaction_jax.model.cache import init_cache
+    from interaction_jax.serve.engine import input_block
+
+    engine = Engine(CFG, params, max_sessions=1, max_len=256)
+    slot = engine.open(seed=42)
+    microturn = step_lib.jit_microturn(CFG)
+    cache = init_cache(CFG.model, 1, 256)
+    sampling = step_lib.Sampling.from_config(CFG)
+    for k in range(3):
+        x = _inputs(5, k)
+        got = engine.tick({slot: x})[slot]
+        key = jax.random.fold_in(jax.random.key(42), k)
+        out, cache = microturn(params, cache, input_block(S, [x]), key[None], sampling)
+        np.testing.assert_array_equal(got.text, np.asarray(out["text"][0]))
+        np.testing.assert_array_equal(got.mel, np.asarray(out["mel"][0]).reshape(got.mel.shape))
+
+
+def test_lm_agent_answers_with_another_checkpoints_words(params):
+    from interaction_jax.serve.agents import LMAgent
+
+    agent = LMAgent(CFG, params, max_chunks=3)
+    agent.engine.warm_up()
+
+    async def until_the_result():  # the other model thinks in wall time: send chunks until its answer is in
+        manager = SessionManager(ScriptedEngine(DELEGATING), clock="lockstep", agent=agent)
+        live = await manager.open()
+        replies = []
+        while not replies or all(e["type"] != "result" for e in replies[-1].events):
+            assert len(replies) < 1000, "no answer from the lm agent"
+            manager.submit(live, ClientChunk(np.zeros(N, np.float32)))
+            await manager.tick()
+            replies.append(live.outbox.get_nowait())
+            await asyncio.sleep(0.02)
+        await manager.shutdown()
+        return replies
+
+    replies = asyncio.run(until_the_result())
+    (event,) = [e for r in replies for e in r.events if e["type"] == "result"]
+    # What the other model says, asked turn-based: the request typed in, then silence.
+    engine = Engine(CFG, params, max_sessions=1, max_len=stream.chunk_start(S, 4))
+    session = Session(CFG, "x", engine.open(0), voice=False)
+    said = []
+    for k in range(3):
+        silence = ClientChunk(np.zeros(N, np.float32), text="17+25" if k == 0 else "")
+        reply, _ = session.finish(engine.tick({session.slot: session.prepare(silence)})[session.slot])
+        said.append(reply.text)
+        if tokenizer.EOT in reply.text_ids and "".join(said):
+            break
+    assert event == {"type": "result", "request": "17+25", "text": "".join(said), "error": None}
+    text_in = [i for r in replies for i in r.text_in_ids if i != tokenizer.PAD]
+    assert text_in == [tokenizer.RESULT, *tokenizer.encode("".join(said), specials=False), tokenizer.END_RESULT]

@@ -33,7 +33,7 @@ from interaction_jax.config import Config
 from interaction_jax.data import pipeline, preview, scenarios
 from interaction_jax.data.episode import ClipSource, Episode, ScenarioContext, chunk_seconds
 from interaction_jax.eval import behaviour
-from interaction_jax.eval.rollout import VOCODER_ITERATIONS, MicroturnFn, Rollout, microturn_for, rollout
+from interaction_jax.eval.rollout import VOCODER_ITERATIONS, Rollout, rollout, rollout_engine
 
 # What the table shows per scenario: (metric key, label, unit); unit is "pct", "chunks", "s" or "count"
 # (a 0/1 per episode shown as correct/episodes). Every scenario also shows COMMON_COLUMNS.
@@ -309,15 +309,14 @@ def evaluate(
     scenarios: Sequence[str] | None = None,
     clips: ClipSource | None = None,
     progress: bool = True,
-    microturn_fn: MicroturnFn | None = None,
     vocoder_iterations: int = VOCODER_ITERATIONS,
 ) -> EvalReport:
     """Roll the model out over `episodes_per_scenario` held-out episodes of each scenario, score them,
     write every episode's files and the summary into `out_dir`; return the report.
 
     `scenarios`: default `data.scenarios` (rep_count dropped when video is off); `clips`: default the
-    clip bank (`pipeline.clip_source`); `microturn_fn`: a jitted microturn for `cfg` (default: one
-    compiled per config and reused).
+    clip bank (`pipeline.clip_source`). Every episode is one session of the same one-session serving
+    engine, ticked chunk by chunk.
     """
     if episodes_per_scenario < 1:
         raise ValueError(f"episodes_per_scenario must be >= 1, got {episodes_per_scenario}")
@@ -330,7 +329,7 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clips = clips if clips is not None else pipeline.clip_source(cfg, progress)
-    fn = microturn_fn if microturn_fn is not None else microturn_for(cfg)
+    engine = rollout_engine(cfg, params, cfg.data.episode_chunks)
 
     results: list[EpisodeResult] = []
     rows: list[ScenarioRow] = []
@@ -341,7 +340,7 @@ def evaluate(
             for k in range(episodes_per_scenario):
                 bar.set_postfix_str(f"{name} {k}")
                 ep = eval_episode(cfg, name, k, clips)
-                ro = rollout(cfg, params, ep, rng_seed=eval_index(name, k), microturn_fn=fn)
+                ro = rollout(cfg, params, ep, rng_seed=eval_index(name, k), engine=engine)
                 metrics, reference = _episode_metrics(ep, ro, cfg)
                 paths = _write_episode(out_dir / name / str(k), ep, ro, k, metrics, reference, cfg, vocoder_iterations)
                 results.append(EpisodeResult(name, k, ep.seed, metrics, reference, paths))

@@ -86,7 +86,11 @@ class ToolsAgent:
 
 class LMAgent:
     """Another checkpoint answering turn-based: the request goes in as typed text, then silence, and the
-    text it says (up to its end of turn or `max_chunks`) streams back. One request at a time."""
+    text it says (up to its end of turn or `max_chunks`) streams back. One request at a time.
+
+    It computes in wall time, on a thread of its own, so in lockstep mode the chunk its answer lands
+    in depends on how fast the client sends (unlike `ToolsAgent`, which waits in stream time).
+    """
 
     def __init__(self, cfg: Config, params: dict, *, max_chunks: int = 50):
         from interaction_jax import stream
@@ -137,5 +141,7 @@ def make_agent(cfg: Config) -> Agent | None:
     if s.agent == "tools":
         return ToolsAgent(s.agent_latency_s, s.tools_clock)
     if s.agent == "lm":
-        return LMAgent.from_workdir(s.agent_workdir)
+        agent = LMAgent.from_workdir(s.agent_workdir)
+        agent.engine.warm_up()  # compile now, not while the first request waits
+        return agent
     return None
