@@ -218,6 +218,7 @@ async def talk(
             sender = asyncio.create_task(send_all())
             while len(replies) < num_chunks:
                 reply = await asyncio.wait_for(client.recv_reply(), timeout=30 + 2 * chunk_s * num_chunks)
+                _refused(client)
                 if reply.seq is not None:
                     replies[reply.seq] = reply
                     first_chunk = reply.chunk if reply.seq == 0 else first_chunk
@@ -228,6 +229,7 @@ async def talk(
             for i in range(num_chunks):
                 await client.send_chunk(padded[i * n : (i + 1) * n], **chunk_args(i))
                 reply = await client.recv_reply()
+                _refused(client)
                 replies[reply.seq] = reply
             first_chunk = replies[0].chunk
     ordered = [replies[i] for i in range(num_chunks)]
@@ -241,6 +243,13 @@ async def talk(
     out_dir = Path(out_dir)
     write_talk_outputs(out_dir, padded[: audio.size], output, ordered, chunk_s, ready)
     return TalkResult(ordered, output, out_dir)
+
+
+def _refused(client: Client) -> None:
+    """A chunk the server refused leaves a hole in the stream: stop with the server's reason."""
+    if client.notices:
+        notice = client.notices[0]
+        raise SessionError(notice["code"], f"the server refused a chunk: {notice['message']}", fatal=False)
 
 
 def write_talk_outputs(

@@ -36,6 +36,11 @@ from interaction_jax.serve.engine import CapacityError, Engine
 from interaction_jax.serve.session import ClientChunk, Reply, Session
 
 
+# Realtime: chunks that may wait for their ticks (in flight + jitter buffer), 1 s of stream at 200 ms: a
+# chunk that arrived late and the ones after it on time land between the same ticks until a pause.
+REALTIME_JITTER_CHUNKS = 5
+
+
 class Refused(Exception):
     """A session could not be opened (`code` "capacity") or a chunk not taken ("busy", "closed")."""
 
@@ -90,7 +95,7 @@ class SessionManager:
         if self.clock_mode not in ("realtime", "lockstep"):
             raise ValueError(f"clock must be realtime or lockstep, got {self.clock_mode!r}")
         self.idle_timeout_s = self.cfg.serve.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
-        self.max_pending = 2 if self.clock_mode == "realtime" else 1
+        self.max_pending = REALTIME_JITTER_CHUNKS if self.clock_mode == "realtime" else 1
         self.agent = agent
         self.sessions: dict[str, LiveSession] = {}
         self.ticks = 0
@@ -120,8 +125,8 @@ class SessionManager:
     def submit(self, live: LiveSession, chunk: ClientChunk) -> None:
         """Hand in the session's next chunk; Refused("busy") while the previous one is not ticked yet.
 
-        In realtime mode one more chunk may wait behind it (a jitter buffer: a chunk that arrived late,
-        after its tick, and the next one on time both land between the same two ticks).
+        In realtime mode up to REALTIME_JITTER_CHUNKS may wait (a jitter buffer: a chunk that arrived
+        late, after its tick, and the next ones on time land between the same ticks).
         """
         if live.closed:
             raise Refused("closed", "this session is closed")
