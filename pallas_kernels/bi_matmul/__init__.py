@@ -1,0 +1,1 @@
+"""Batch-invariant matmul: `api.bi_matmul`."""

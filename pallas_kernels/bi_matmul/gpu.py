@@ -1,0 +1,37 @@
+"""Batch-invariant matmul for GPUs: Pallas with the Triton lowering (runs under `interpret=True` on CPU).
+
+One program per (bm × bn) output tile; it walks K in blocks of bk, in order, accumulating in float32.
+Every program multiplies tiles of the same shapes, so a row's result does not depend on which rows
+share its tile or on how many rows there are.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+
+def _kernel(x_ref, w_ref, o_ref, *, bk: int):
+    def body(i, acc):
+        cols = pl.ds(pl.multiple_of(i * bk, bk), bk)
+        return acc + jnp.dot(x_ref[:, cols], w_ref[cols, :], preferred_element_type=jnp.float32)
+
+    acc = jax.lax.fori_loop(0, x_ref.shape[1] // bk, body, jnp.zeros(o_ref.shape, jnp.float32))
+    o_ref[...] = acc.astype(o_ref.dtype)
+
+
+def bi_matmul(x, w, *, bm, bn, bk, out_dtype, interpret=False):
+    m, k = x.shape
+    n = w.shape[1]
+    return pl.pallas_call(
+        functools.partial(_kernel, bk=bk),
+        grid=(pl.cdiv(m, bm), pl.cdiv(n, bn)),
+        in_specs=[pl.BlockSpec((bm, k), lambda i, j: (i, 0)), pl.BlockSpec((k, bn), lambda i, j: (0, j))],
+        out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+        out_shape=jax.ShapeDtypeStruct((m, n), out_dtype),
+        interpret=interpret,
+        name="bi_matmul",
+    )(x, w)

@@ -1,0 +1,1 @@
+"""RMSNorm, one row per program: `api.rms_norm`."""

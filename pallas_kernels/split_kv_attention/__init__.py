@@ -1,0 +1,1 @@
+"""Split-KV causal GQA attention against a KV cache: `api.split_kv_attention`."""

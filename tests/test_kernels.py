@@ -1,0 +1,196 @@
+"""The kernel library: numerics against the references, and the invariance contract, bit for bit.
+
+On CPU every Pallas variant runs through the interpreter (`interpret_gpu`: `interpret=True`;
+`interpret_tpu`: `pltpu.InterpretParams()`); under the `gpu` / `tpu` markers the same checks run
+compiled. A new variant joins by adding its name to `pallas_kernels.testing`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import MatmulConfig, SplitKVConfig, bi_matmul, rms_norm, split_kv_attention
+from pallas_kernels.registry import resolve
+from pallas_kernels.split_kv_attention import reference as attention_reference
+from pallas_kernels.testing import CPU_IMPLEMENTATIONS, DEVICE_IMPLEMENTATIONS, PALLAS_CPU, assert_bitwise, random_cache
+
+DEVICE = [
+    pytest.param(name, marks=getattr(pytest.mark, kind))
+    for kind, names in DEVICE_IMPLEMENTATIONS.items()
+    for name in names
+]
+PALLAS = [*PALLAS_CPU, *DEVICE]
+ALL = [*CPU_IMPLEMENTATIONS, *DEVICE]
+
+ATTENTION = SplitKVConfig(split_size=128, block_kv=32)
+
+
+def _attention_case(rng, *, b, t, hq, hkv, d, s, lengths, start):
+    k, v = random_cache(rng, b, s, hkv, d, lengths)
+    q = rng.standard_normal((b, t, hq, d)).astype(np.float32)
+    positions = np.stack([np.arange(st, st + t) for st in start]).astype(np.int32)
+    return q, k, v, positions, np.asarray(lengths, np.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# split_kv_attention: numerics
+
+
+# (GQA ratio, head dim, T): every ratio, head dim and T of the contract appears in the first three,
+# which the (slow) interpreted variants run; the reference and compiled variants run them all.
+SHAPES = [(1, 64, 1), (4, 128, 7), (8, 64, 64), (4, 64, 1), (1, 128, 64), (8, 128, 7)]
+ATTENTION_CASES = [
+    *(pytest.param(impl, shape, id=f"{impl}-{shape}") for impl in ("reference",) for shape in SHAPES),
+    *(pytest.param(impl, shape, id=f"{impl}-{shape}") for impl in PALLAS_CPU for shape in SHAPES[:3]),
+    *(
+        pytest.param(impl, shape, id=f"{impl}-{shape}", marks=getattr(pytest.mark, kind))
+        for kind, names in DEVICE_IMPLEMENTATIONS.items()
+        for impl in names
+        for shape in SHAPES
+    ),
+]
+
+
+@pytest.mark.parametrize("implementation,shape", ATTENTION_CASES)
+def test_attention_matches_plain_softmax(implementation, shape):
+    ratio, d, t = shape
+    rng = np.random.default_rng(ratio * 100 + t)
+    hkv = 2
+    # Ragged lengths (one past a split boundary, one inside the first split), queries not starting at 0,
+    # some queries past their row's length (they see up to the length), 3 splits.
+    lengths = [300, 77]
+    start = [300 - t, max(77 - t - 3, 0)]
+    q, k, v, positions, kv_lengths = _attention_case(
+        rng, b=2, t=t, hq=ratio * hkv, hkv=hkv, d=d, s=384, lengths=lengths, start=start
+    )
+    got = split_kv_attention(q, k, v, positions, kv_lengths, config=ATTENTION, implementation=implementation)
+    want = attention_reference.softmax_attention(
+        jnp.asarray(q), jnp.nan_to_num(k), jnp.nan_to_num(v), positions, kv_lengths, scale=d**-0.5
+    )
+    assert got.shape == q.shape and got.dtype == q.dtype
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
+
+
+def test_a_query_that_sees_nothing_gives_zero_and_empty_rows_give_zero():
+    rng = np.random.default_rng(1)
+    q, k, v, positions, _ = _attention_case(rng, b=2, t=3, hq=4, hkv=2, d=64, s=256, lengths=[0, 10], start=[0, 0])
+    out = split_kv_attention(q, k, v, positions, np.array([0, 10]), config=ATTENTION, implementation="interpret")
+    assert not np.asarray(out[0]).any() and np.isfinite(np.asarray(out)).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# split_kv_attention: invariance, bit for bit
+
+
+@pytest.mark.parametrize("implementation", PALLAS)
+def test_attention_is_invariant_to_chunking_batch_capacity_and_unwritten_slots(implementation):
+    rng = np.random.default_rng(7)
+    lengths = [300, 77]
+    q, k, v, positions, kv_lengths = _attention_case(
+        rng, b=2, t=64, hq=8, hkv=2, d=64, s=384, lengths=lengths, start=[236, 13]
+    )
+
+    def attend(q, k, v, positions, kv_lengths=kv_lengths):
+        return np.asarray(
+            split_kv_attention(q, k, v, positions, kv_lengths, config=ATTENTION, implementation=implementation)
+        )
+
+    full = attend(q, k, v, positions)
+    assert np.isfinite(full).all()  # the NaN written into every unwritten slot never reached the output
+    # A query alone (T = 1) and in a chunk of 7 gives what it gives in the chunk of 64.
+    assert_bitwise(attend(q[:, -1:], k, v, positions[:, -1:]), full[:, -1:], "T=1 vs T=64")
+    assert_bitwise(attend(q[:, 20:27], k, v, positions[:, 20:27]), full[:, 20:27], "T=7 vs T=64")
+    # Whatever the other row holds, and with the row alone.
+    other = k.copy()
+    other[1] = rng.standard_normal(other[1].shape)
+    assert_bitwise(attend(q, other, v, positions)[0], full[0], "another row's cache changed")
+    assert_bitwise(attend(q[:1], k[:1], v[:1], positions[:1], kv_lengths[:1])[0], full[0], "the row alone")
+    # With a cache twice as large (its new half unwritten: NaN).
+    grow = lambda x: np.concatenate([x, np.full_like(x, np.nan)], axis=1)
+    assert_bitwise(attend(q, grow(k), grow(v), positions), full, "capacity doubled")
+    # The control: a change the query can see does change it.
+    seen = k.copy()
+    seen[0, positions[0, -1]] += 1.0
+    assert not np.array_equal(attend(q, seen, v, positions)[0, -1], full[0, -1])
+
+
+# ----------------------------------------------------------------------------------------------
+# bi_matmul and rms_norm: a row's result does not depend on the other rows
+
+
+MATMUL = MatmulConfig(bm=16, bn=32, bk=64)
+
+
+def _matmul_inputs():
+    rng = np.random.default_rng(3)
+    return rng.standard_normal((64, 200)).astype(np.float32), rng.standard_normal((200, 96)).astype(np.float32)
+
+
+@pytest.mark.parametrize("implementation", ALL)
+def test_bi_matmul_matches_float64(implementation):
+    x, w = _matmul_inputs()
+    got = bi_matmul(x.reshape(4, 16, 200), w, config=MATMUL, implementation=implementation)
+    assert got.shape == (4, 16, 96) and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got).reshape(64, 96), x.astype(np.float64) @ w, rtol=1e-5, atol=5e-5)
+
+
+@pytest.mark.parametrize("implementation", PALLAS)
+def test_bi_matmul_rows_are_batch_invariant(implementation):
+    x, w = _matmul_inputs()
+    full = np.asarray(bi_matmul(x, w, config=MATMUL, implementation=implementation))
+    rows = range(1, 65) if implementation != "interpret_tpu" else (1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64)
+    for m in rows:
+        assert_bitwise(bi_matmul(x[:m], w, config=MATMUL, implementation=implementation), full[:m], f"x[:{m}] @ w")
+
+
+def test_xla_dot_on_cpu_is_not_batch_invariant():
+    """The control that makes the test above mean something: XLA's own dot changes rows with M."""
+    x, w = _matmul_inputs()
+    full = np.asarray(jnp.dot(x, w))
+    assert any(not np.array_equal(np.asarray(jnp.dot(x[:m], w)), full[:m]) for m in range(1, 65))
+
+
+@pytest.mark.parametrize("implementation", ALL)
+def test_rms_norm_matches_and_rows_are_independent(implementation):
+    x, _ = _matmul_inputs()
+    scale = np.random.default_rng(4).standard_normal(200).astype(np.float32)
+    full = np.asarray(rms_norm(x, scale, eps=1e-6, implementation=implementation))
+    want = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-6) * scale
+    np.testing.assert_allclose(full, want, rtol=1e-5, atol=1e-5)
+    if implementation != "reference":
+        for m in (1, 7, 33):
+            assert_bitwise(rms_norm(x[:m], scale, implementation=implementation), full[:m], f"rows [:{m}]")
+
+
+# ----------------------------------------------------------------------------------------------
+# The frame
+
+
+def test_implementations_resolve_with_clear_errors():
+    variants = {"reference": lambda x: ("ref", x), "gpu": lambda x, interpret: ("gpu", interpret), "tpu": None}
+    assert resolve("op", "reference", variants)(1) == ("ref", 1)
+    assert resolve("op", "interpret", variants, backend="cpu")(1) == ("gpu", True)
+    assert resolve("op", "pallas", variants, backend="gpu")(1) == ("gpu", False)
+    assert resolve("op", None, variants, backend="cpu")(1) == ("ref", 1)
+    assert resolve("op", lambda x: "mine", variants)(1) == "mine"
+    with pytest.raises(ValueError, match="unknown implementation 'triton'"):
+        resolve("op", "triton", variants)
+    with pytest.raises(ValueError, match="on CPU use 'interpret'"):
+        resolve("op", "pallas", variants, backend="cpu")
+    with pytest.raises(ValueError, match="multiple of block_kv"):
+        SplitKVConfig(split_size=100, block_kv=32)
+    with pytest.raises(ValueError, match="GQA grouping"):
+        split_kv_attention(
+            jnp.zeros((1, 1, 3, 8)), jnp.zeros((1, 8, 2, 8)), jnp.zeros((1, 8, 2, 8)), jnp.zeros((1, 1)), jnp.ones(1)
+        )
+    with pytest.raises(ValueError, match=r"\[\.\.\., K\] by \[K, N\]"):
+        bi_matmul(jnp.zeros((2, 3)), jnp.zeros((4, 5)))
+
+
+def test_the_kernels_trace_under_jit():
+    x, w = _matmul_inputs()
+    fn = jax.jit(lambda x, w: bi_matmul(x, w, config=MATMUL, implementation="interpret"))
+    np.testing.assert_allclose(np.asarray(fn(x, w)), x @ w, rtol=1e-4, atol=1e-4)
