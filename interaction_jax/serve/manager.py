@@ -35,7 +35,6 @@ from interaction_jax.serve.agents import Agent, AgentRequest, StreamClock
 from interaction_jax.serve.engine import CapacityError, Engine
 from interaction_jax.serve.session import ClientChunk, Reply, Session
 
-
 # Realtime: chunks that may wait for their ticks (in flight + jitter buffer), 1 s of stream at 200 ms: a
 # chunk that arrived late and the ones after it on time land between the same ticks until a pause.
 REALTIME_JITTER_CHUNKS = 5
