@@ -196,10 +196,28 @@ class ServeConfig:
     port: int = 8765  # 0: any free port
 
 
+KernelChoice = Literal["auto", "xla", "reference", "pallas", "interpret"]
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelsConfig:
-    # `bitwise` needs the batch-invariant Pallas kernels, which are not in the project yet.
-    alignment: Literal["fast"] = "fast"
+    """Which kernels the model runs (DESIGN §6, §8; `pallas_kernels/`).
+
+    `alignment: fast` runs XLA's ops; `bitwise` runs the batch-invariant kernels wherever they apply
+    (attention, the trunk's matmuls, RMSNorm): compiled on GPU/TPU, interpreted on CPU. Per op, "auto"
+    follows the alignment; "xla", "reference", "pallas" or "interpret" picks one explicitly.
+    The sizes are fixed here, never derived from the batch.
+    """
+
+    alignment: Literal["fast", "bitwise"] = "fast"
+    attention: KernelChoice = "auto"
+    matmul: KernelChoice = "auto"
+    norm: KernelChoice = "auto"
+    split_size: int = 512  # KV splits start at absolute multiples of this
+    block_kv: int = 128
+    tile_m: int = 128
+    tile_n: int = 128
+    tile_k: int = 128
 
 
 SCENARIOS = ("turn_taking", "backchannel", "interruption", "time_speak", "cue_speak", "rep_count", "delegate")
@@ -630,6 +648,18 @@ def validate(cfg: Config, num_devices: int | None = None, purpose: Literal["all"
         raise ConfigError(
             "data.scenarios", "rep_count counts a motion in the video, but stream.video is off", "drop rep_count"
         )
+    kc = cfg.kernels
+    if kc.split_size % kc.block_kv:
+        raise ConfigError(
+            "kernels.split_size", f"{kc.split_size} is not a multiple of kernels.block_kv ({kc.block_kv})", "fix either"
+        )
+    for op in ("attention", "matmul", "norm"):
+        if kc.alignment == "bitwise" and getattr(kc, op) == "xla":
+            raise ConfigError(
+                f"kernels.{op}",
+                "alignment bitwise needs the batch-invariant kernels, not XLA's",
+                f"set kernels.{op}=auto",
+            )
     sv = cfg.serve
     if sv.agent == "lm" and not sv.agent_workdir:
         raise ConfigError(

@@ -11,8 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from interaction_jax.config import ModelConfig
+from interaction_jax.config import KernelsConfig, ModelConfig
 from interaction_jax.model import cache as kv_cache
+from interaction_jax.model import kernels
 from interaction_jax.model.layers import compute_dtype, param
 
 
@@ -26,35 +27,12 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array) -> jax.Array:
-    """Causal GQA attention of q [B, T, H, D] over cache k, v [B, S, Hkv, D].
-
-    Query t sees cache slots ≤ query_slots[b, t]. Masked scores are removed with `where` (not an
-    additive bias) so masked slots contribute exactly zero. Softmax runs in float32. A query at a slot
-    ≥ S is an empty token (nothing written); its output is unspecified.
-    """
-    b, t, h, d = q.shape
-    hkv = k.shape[2]
-    q = q.reshape(b, t, hkv, h // hkv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * d**-0.5
-    visible = jnp.arange(k.shape[1])[None, None, :] <= query_slots[:, :, None]  # [B, T, S]
-    visible = visible[:, None, None]
-    scores = jnp.where(visible, scores, -jnp.inf)
-    peak = jnp.max(scores, axis=-1, keepdims=True)
-    weights = jnp.where(visible, jnp.exp(scores - jnp.maximum(peak, -1e30)), 0.0)
-    weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
-    # A masked weight is exactly 0, but 0 · NaN is NaN: zero the values past the last slot any query
-    # of the row can see (unwritten or stale), so nothing left there can reach the output. Slots up to
-    # that point were all written by this or an earlier call.
-    last_seen = jnp.max(jnp.where(query_slots < k.shape[1], query_slots, -1), axis=1)  # [B]
-    live = jnp.arange(v.shape[1])[None, :] <= last_seen[:, None]
-    v = jnp.where(live[:, :, None, None], v, jnp.zeros((), v.dtype))
-    out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, h, d).astype(q.dtype)
+attend = kernels.xla_attend  # the XLA attention maths (kernels.attend chooses per config)
 
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    kernels: KernelsConfig = kernels.FAST
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, slots: jax.Array, layer_cache: dict):
@@ -65,14 +43,17 @@ class Attention(nn.Module):
         wv = param(self, "wv", (c.d_model, c.n_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"))
         wo = param(self, "wo", (c.n_heads, c.head_dim, c.d_model), ("heads", "head_dim", "embed"))
         x = x.astype(dtype)
-        q = jnp.einsum("btd,dhk->bthk", x, wq.astype(dtype))
-        k = jnp.einsum("btd,dhk->bthk", x, wk.astype(dtype))
-        v = jnp.einsum("btd,dhk->bthk", x, wv.astype(dtype))
+        kc = self.kernels
+
+        def project(w):  # [d, heads, head_dim] → [B, T, heads, head_dim]
+            return kernels.matmul(x, w.reshape(w.shape[0], -1), kc).reshape(*x.shape[:2], *w.shape[1:])
+
+        q, k, v = project(wq), project(wk), project(wv)
         q = nn.with_logical_constraint(rope(q, positions, c.rope_theta), ("act_batch", "act_len", "act_heads", None))
         k = rope(k, positions, c.rope_theta)
         new_cache = {"k": kv_cache.write(layer_cache["k"], k, slots), "v": kv_cache.write(layer_cache["v"], v, slots)}
         new_cache = {n: nn.with_logical_constraint(a, kv_cache.CACHE_AXES) for n, a in new_cache.items()}
-        out = attend(q, new_cache["k"], new_cache["v"], slots)
+        out = kernels.attend(q, new_cache["k"], new_cache["v"], slots, kc)
         out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
-        y = jnp.einsum("bthk,hkd->btd", out, wo.astype(dtype))
+        y = kernels.matmul(out.reshape(*out.shape[:2], -1), wo.reshape(-1, wo.shape[-1]), kc)
         return y, new_cache

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from interaction_jax.config import KernelsConfig
+from interaction_jax.model import kernels as kernels_lib
 from interaction_jax.model.layers import Dense, compute_dtype
 
 
@@ -40,27 +42,35 @@ class FlowHead(nn.Module):
     hidden: int
     blocks: int
     dtype: str = "float32"
+    kernels: KernelsConfig = kernels_lib.FAST
 
     @nn.compact
     def __call__(self, cond: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
         dtype = self.dtype
+        kc = self.kernels
         zeros = nn.initializers.zeros
-        temb = Dense(self.hidden, (None, "mlp"), dtype, use_bias=True, name="time_in")(
+        temb = Dense(self.hidden, (None, "mlp"), dtype, use_bias=True, kernels=kc, name="time_in")(
             timestep_embedding(t, 256).astype(compute_dtype(dtype))
         )
-        c = nn.silu(Dense(self.hidden, ("embed", "mlp"), dtype, use_bias=True, name="cond_in")(cond) + temb)
-        h = Dense(self.hidden, (None, "mlp"), dtype, use_bias=True, name="x_in")(x_t)
+        c = nn.silu(Dense(self.hidden, ("embed", "mlp"), dtype, use_bias=True, kernels=kc, name="cond_in")(cond) + temb)
+        h = Dense(self.hidden, (None, "mlp"), dtype, use_bias=True, kernels=kc, name="x_in")(x_t)
         for i in range(self.blocks):
-            mod = Dense(3 * self.hidden, ("mlp", None), dtype, use_bias=True, kernel_init=zeros, name=f"mod{i}")(c)
+            mod = Dense(
+                3 * self.hidden, ("mlp", None), dtype, use_bias=True, kernels=kc, kernel_init=zeros, name=f"mod{i}"
+            )(c)
             shift, scale, gate = jnp.split(mod, 3, axis=-1)
             y = modulated_norm(h, shift, scale)
-            y = Dense(self.hidden, ("mlp", None), dtype, use_bias=True, name=f"fc{i}a")(y)
-            y = Dense(self.hidden, (None, "mlp"), dtype, use_bias=True, name=f"fc{i}b")(nn.silu(y))
+            y = Dense(self.hidden, ("mlp", None), dtype, use_bias=True, kernels=kc, name=f"fc{i}a")(y)
+            y = Dense(self.hidden, (None, "mlp"), dtype, use_bias=True, kernels=kc, name=f"fc{i}b")(nn.silu(y))
             h = h + gate * y
         shift, scale = jnp.split(
-            Dense(2 * self.hidden, ("mlp", None), dtype, use_bias=True, kernel_init=zeros, name="mod_out")(c), 2, -1
+            Dense(2 * self.hidden, ("mlp", None), dtype, use_bias=True, kernels=kc, kernel_init=zeros, name="mod_out")(
+                c
+            ),
+            2,
+            -1,
         )
-        out = Dense(self.out_dim, ("mlp", None), dtype, use_bias=True, kernel_init=zeros, name="out")
+        out = Dense(self.out_dim, ("mlp", None), dtype, use_bias=True, kernels=kc, kernel_init=zeros, name="out")
         return out(modulated_norm(h, shift, scale)).astype(jnp.float32)
 
 

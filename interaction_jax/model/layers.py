@@ -11,6 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from interaction_jax.config import KernelsConfig
+from interaction_jax.model import kernels
+
 Axes = tuple[str | None, ...]
 
 
@@ -24,21 +27,18 @@ def param(module: nn.Module, name: str, shape: Sequence[int], axes: Axes, init=N
     return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), jnp.float32)
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm in float32 whatever the input dtype; returns the input dtype."""
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (y * scale).astype(x.dtype)
+rms_norm = kernels.xla_rms_norm  # the XLA norm (kernels.rms_norm chooses per config)
 
 
 class RMSNorm(nn.Module):
     eps: float = 1e-6
     axis_name: str = "embed"
+    kernels: KernelsConfig = kernels.FAST
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = param(self, "scale", (x.shape[-1],), (self.axis_name,), nn.initializers.ones)
-        return rms_norm(x, scale, self.eps)
+        return kernels.rms_norm(x, scale, self.eps, self.kernels)
 
 
 class LayerNorm(nn.Module):
@@ -67,12 +67,13 @@ class Dense(nn.Module):
     dtype: str = "float32"
     use_bias: bool = False
     kernel_init: nn.initializers.Initializer | None = None
+    kernels: KernelsConfig = kernels.FAST
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = compute_dtype(self.dtype)
         w = param(self, "kernel", (x.shape[-1], self.features), self.axes, self.kernel_init)
-        y = jnp.einsum("...d,df->...f", x.astype(dtype), w.astype(dtype))
+        y = kernels.matmul(x.astype(dtype), w, self.kernels)
         if self.use_bias:
             b = param(self, "bias", (self.features,), (self.axes[1],), nn.initializers.zeros)
             y = y + b.astype(dtype)
@@ -84,14 +85,16 @@ class MLP(nn.Module):
 
     hidden: int
     dtype: str = "float32"
+    kernels: KernelsConfig = kernels.FAST
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d = x.shape[-1]
+        kc = self.kernels
         w_gate = param(self, "w_gate", (d, self.hidden), ("embed", "mlp"))
         w_up = param(self, "w_up", (d, self.hidden), ("embed", "mlp"))
         w_down = param(self, "w_down", (self.hidden, d), ("mlp", "embed"))
         x = x.astype(compute_dtype(self.dtype))
-        h = jax.nn.silu(x @ w_gate.astype(x.dtype)) * (x @ w_up.astype(x.dtype))
+        h = jax.nn.silu(kernels.matmul(x, w_gate, kc)) * kernels.matmul(x, w_up, kc)
         h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_mlp"))
-        return h @ w_down.astype(x.dtype)
+        return kernels.matmul(h, w_down, kc)

@@ -25,7 +25,7 @@ Kind = stream.Kind
 
 
 def build_model(cfg: Config) -> InteractionModel:
-    return InteractionModel(cfg.model, cfg.stream)
+    return InteractionModel(cfg.model, cfg.stream, cfg.kernels)
 
 
 def dummy_batch(cfg: Config, batch: int = 1, length: int = 1) -> dict[str, jax.Array]:

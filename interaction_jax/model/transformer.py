@@ -10,7 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from interaction_jax.config import ModelConfig, StreamConfig
+from interaction_jax.config import KernelsConfig, ModelConfig, StreamConfig
+from interaction_jax.model import kernels as kernels_lib
 from interaction_jax.model.attention import Attention
 from interaction_jax.model.embed import Embedder
 from interaction_jax.model.heads import FlowHead
@@ -26,17 +27,18 @@ def is_dense_layer(cfg: ModelConfig, layer: int) -> bool:
 class Block(nn.Module):
     cfg: ModelConfig
     dense: bool
+    kernels: KernelsConfig = kernels_lib.FAST
 
     @nn.compact
     def __call__(self, x, positions, slots, token_mask, layer_cache):
-        c = self.cfg
-        h, layer_cache = Attention(c, name="attn")(
-            RMSNorm(c.norm_eps, name="attn_norm")(x), positions, slots, layer_cache
+        c, kc = self.cfg, self.kernels
+        h, layer_cache = Attention(c, kc, name="attn")(
+            RMSNorm(c.norm_eps, kernels=kc, name="attn_norm")(x), positions, slots, layer_cache
         )
         x = x + h.astype(x.dtype)
-        y = RMSNorm(c.norm_eps, name="ffn_norm")(x)
+        y = RMSNorm(c.norm_eps, kernels=kc, name="ffn_norm")(x)
         if self.dense:
-            y, aux = MLP(c.dense_mlp, c.dtype, name="mlp")(y), {}
+            y, aux = MLP(c.dense_mlp, c.dtype, kc, name="mlp")(y), {}
         else:
             y, aux = MoE(c, name="moe")(y, token_mask)
         x = x + y.astype(x.dtype)
@@ -46,16 +48,17 @@ class Block(nn.Module):
 class InteractionModel(nn.Module):
     model: ModelConfig
     stream: StreamConfig
+    kernels: KernelsConfig = kernels_lib.FAST
 
     def setup(self):
-        c = self.model
+        c, kc = self.model, self.kernels
         block = nn.remat(Block) if c.remat == "block" else Block
         self.embed = Embedder(c, self.stream)
-        self.blocks = [block(c, is_dense_layer(c, i), name=f"block{i}") for i in range(c.n_layers)]
-        self.final_norm = RMSNorm(c.norm_eps)
-        self.text_head = Dense(c.vocab_size, ("embed", "vocab"), c.dtype)
+        self.blocks = [block(c, is_dense_layer(c, i), kc, name=f"block{i}") for i in range(c.n_layers)]
+        self.final_norm = RMSNorm(c.norm_eps, kernels=kc)
+        self.text_head = Dense(c.vocab_size, ("embed", "vocab"), c.dtype, kernels=kc)
         s = self.stream
-        self.flow_head = FlowHead(s.stack * s.n_mels, c.flow_hidden, c.flow_blocks, c.dtype)
+        self.flow_head = FlowHead(s.stack * s.n_mels, c.flow_hidden, c.flow_blocks, c.dtype, kc)
 
     def __call__(self, batch: dict, cache: dict, slots: jax.Array):
         """Hidden states [B, T, D] (float32) of `batch` given `cache`; the updated layer caches; aux losses."""

@@ -1,0 +1,87 @@
+"""The model's kernels: XLA's ops, or the batch-invariant ones of `pallas_kernels` (config `kernels`).
+
+Modules call these three functions instead of `einsum` / their own norm / `attend`, passing the
+`KernelsConfig`; the choice is made at trace time, so each config compiles its own program.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+import pallas_kernels
+from interaction_jax.config import KernelsConfig
+
+FAST = KernelsConfig()
+
+
+def implementation(kc: KernelsConfig, op: str) -> str:
+    """ "xla" or a `pallas_kernels` implementation name for `op` (attention, matmul, norm) under `kc`."""
+    choice = getattr(kc, op)
+    if choice != "auto":
+        return choice
+    if kc.alignment == "fast":
+        return "xla"
+    return "pallas" if jax.default_backend() in ("gpu", "tpu") else "interpret"
+
+
+def matmul(x: jax.Array, w: jax.Array, kc: KernelsConfig) -> jax.Array:
+    """x [..., K] @ w [K, N] in x's dtype."""
+    impl = implementation(kc, "matmul")
+    if impl == "xla":
+        return jnp.einsum("...k,kn->...n", x, w.astype(x.dtype))
+    tiles = pallas_kernels.MatmulConfig(kc.tile_m, kc.tile_n, kc.tile_k)
+    return pallas_kernels.bi_matmul(x, w.astype(x.dtype), config=tiles, out_dtype=x.dtype, implementation=impl)
+
+
+def xla_rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm in float32 whatever the input dtype; returns the input dtype."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (y * scale).astype(x.dtype)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, kc: KernelsConfig) -> jax.Array:
+    impl = implementation(kc, "norm")
+    if impl == "xla":
+        return xla_rms_norm(x, scale, eps)
+    return pallas_kernels.rms_norm(x, scale, eps=eps, implementation=impl)
+
+
+def xla_attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array) -> jax.Array:
+    """Causal GQA attention of q [B, T, H, D] over cache k, v [B, S, Hkv, D].
+
+    Query t sees cache slots ≤ query_slots[b, t]. Masked scores are removed with `where` (not an
+    additive bias) so masked slots contribute exactly zero. Softmax runs in float32. A query at a slot
+    ≥ S is an empty token (nothing written); its output is unspecified.
+    """
+    b, t, h, d = q.shape
+    hkv = k.shape[2]
+    q = q.reshape(b, t, hkv, h // hkv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * d**-0.5
+    visible = jnp.arange(k.shape[1])[None, None, :] <= query_slots[:, :, None]  # [B, T, S]
+    visible = visible[:, None, None]
+    scores = jnp.where(visible, scores, -jnp.inf)
+    peak = jnp.max(scores, axis=-1, keepdims=True)
+    weights = jnp.where(visible, jnp.exp(scores - jnp.maximum(peak, -1e30)), 0.0)
+    weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
+    # A masked weight is exactly 0, but 0 · NaN is NaN: zero the values past the last slot any query
+    # of the row can see (unwritten or stale), so nothing left there can reach the output. Slots up to
+    # that point were all written by this or an earlier call.
+    last_seen = jnp.max(jnp.where(query_slots < k.shape[1], query_slots, -1), axis=1)  # [B]
+    live = jnp.arange(v.shape[1])[None, :] <= last_seen[:, None]
+    v = jnp.where(live[:, :, None, None], v, jnp.zeros((), v.dtype))
+    out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, d).astype(q.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array, kc: KernelsConfig) -> jax.Array:
+    """Causal GQA attention of q [B, T, H, D] over the cache k, v [B, S, Hkv, D]: query t sees slots
+    <= query_slots[b, t]; a query at a slot >= S (an empty token) sees the row's written slots."""
+    impl = implementation(kc, "attention")
+    if impl == "xla":
+        return xla_attend(q, k, v, query_slots)
+    # The row's written slots: up to the last one a real query of it sees (the cache is filled in order).
+    kv_lengths = jnp.max(jnp.where(query_slots < k.shape[1], query_slots, -1), axis=1) + 1
+    split = pallas_kernels.SplitKVConfig(kc.split_size, kc.block_kv)
+    return pallas_kernels.split_kv_attention(q, k, v, query_slots, kv_lengths, config=split, implementation=impl)
