@@ -70,7 +70,7 @@ BAD = [
     (["train.batch_size=6"], 8, CPU8, "train.batch_size", "divisible"),
     (["mesh.axes.data=-1", "mesh.axes.tensor=-1"], 8, None, "mesh.axes.tensor", "only one axis may be -1"),
     (["model.head_dim=33"], None, None, "model.head_dim", "even"),
-    (["kernels.alignment=bitwise"], None, None, "kernels.alignment", "not one of"),
+    (["kernels.alignment=exact"], None, None, "kernels.alignment", "not one of"),
     (["d_model=3"], None, None, "d_model", "unknown key"),
     (["model.d_model"], None, None, "model.d_model", "a.b=c"),
 ]
