@@ -194,3 +194,17 @@ def test_the_kernels_trace_under_jit():
     x, w = _matmul_inputs()
     fn = jax.jit(lambda x, w: bi_matmul(x, w, config=MATMUL, implementation="interpret"))
     np.testing.assert_allclose(np.asarray(fn(x, w)), x @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_the_benches_run_and_fill_their_tables(capsys):
+    from pallas_kernels import benchmarking
+    from pallas_kernels.bi_matmul import bench as matmul_bench
+    from pallas_kernels.split_kv_attention import bench as attention_bench
+
+    for module in (attention_bench, matmul_bench):
+        rows = module.run(implementation="interpret", quick=True, bandwidth=1e10, iters=1)
+        assert len(rows) == len(module.shapes(True))
+        assert all(r["ms"] > 0 and r["xla ms"] > 0 and r["TFLOP/s"] > 0 for r in rows)
+        benchmarking.print_table(rows, module.COLUMNS)
+        header = capsys.readouterr().out.splitlines()[0]
+        assert all(h in header for _, h, _ in module.COLUMNS)

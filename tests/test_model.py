@@ -15,7 +15,7 @@ from interaction_jax import config as config_lib
 from interaction_jax import sharding, stream, tokenizer
 from interaction_jax.model import cache as kv_cache
 from interaction_jax.model import step as step_lib
-from interaction_jax.testing import random_batch, random_chunks
+from interaction_jax.testing import microturn_block, random_batch, random_chunks
 from tests.fixtures import token_slice
 
 TINY = config_lib.preset("tiny")
@@ -78,23 +78,6 @@ def test_window_forward_equals_chunk_by_chunk(name):
     assert rel_err(logits_chunked, logits_full) <= 1e-5
 
 
-def input_block(s, chunks: list[stream.ChunkPayload], teacher: bool) -> dict:
-    block = {
-        "audio": np.stack([c.audio_in for c in chunks]),
-        "text": np.stack([c.text_in for c in chunks]),
-        "active": np.ones(len(chunks), bool),
-    }
-    if s.video:
-        n = s.patches_per_frame
-        block["patches"] = np.stack(
-            [stream.patchify(c.frame) if c.frame is not None else np.zeros((n, 40, 40, 3), np.uint8) for c in chunks]
-        )
-    if teacher:
-        block["teacher_text"] = np.stack([c.text_out for c in chunks])
-        block["teacher_mel"] = np.stack([c.audio_out_mel for c in chunks])
-    return block
-
-
 def test_teacher_forced_microturn_matches_training_logits(tiny_params):
     """Serving (one jitted microturn per chunk) and training (one window) give the same text logits."""
     cfg, s = TINY, TINY.stream
@@ -112,7 +95,7 @@ def test_teacher_forced_microturn_matches_training_logits(tiny_params):
     cache = kv_cache.init_cache(cfg.model, rows, total + 8)
     sampling = step_lib.Sampling.from_config(cfg)
     for k in range(num_chunks):
-        block = input_block(s, [per_row[r][k] for r in range(rows)], teacher=True)
+        block = microturn_block(s, [per_row[r][k] for r in range(rows)], teacher=True)
         outputs, cache = microturn(tiny_params, cache, block, jax.random.key(k), sampling)
         assert rel_err(outputs["text_logits"], expected[:, k]) <= 1e-5, f"chunk {k}"
         np.testing.assert_array_equal(outputs["text"], block["teacher_text"])
@@ -127,7 +110,7 @@ def test_microturn_compiles_once_and_advances_one_chunk(tiny_params):
     sampling = step_lib.Sampling.from_config(cfg)
     rng = np.random.default_rng(0)
     for k in range(10):
-        block = input_block(s, random_chunks(s, k, 1, seed=k) * rows, teacher=False)
+        block = microturn_block(s, random_chunks(s, k, 1, seed=k) * rows, teacher=False)
         block["active"] = np.array([True, True, k % 2 == 0])  # row 2 idles on odd ticks
         before = np.asarray(cache["length"]).copy()
         sampling = dataclasses.replace(sampling, temperature=jnp.float32(rng.uniform(0, 1)))
@@ -273,7 +256,7 @@ def test_sharded_microturn_matches_single_device(tiny_params):
         cache = place(kv_cache.init_cache(cfg.model, rows, 128), kv_cache.cache_logical_axes(cfg.model))
         logits = []
         for k in range(chunks):
-            block = input_block(s, [per_row[r][k] for r in range(rows)], teacher=True)
+            block = microturn_block(s, [per_row[r][k] for r in range(rows)], teacher=True)
             block = {name: place(value, ("cache_batch",) + (None,) * (value.ndim - 1)) for name, value in block.items()}
             outputs, cache = microturn(params, cache, block, jax.random.key(k), sampling)
             logits.append(np.asarray(outputs["text_logits"]))
