@@ -31,23 +31,7 @@ from interaction_jax.data import pipeline
 from interaction_jax.train import loop, optimizer
 from interaction_jax.train import state as state_lib
 from interaction_jax.train import step as step_lib
-
-# Dense bf16 peak FLOP/s per chip (vendor data sheets; SXM parts for NVIDIA).
-PEAK_FLOPS = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5p": 459e12,
-}
-
-
-def peak_flops(device_kind: str) -> float | None:
-    for name, peak in PEAK_FLOPS.items():
-        if name.lower() in device_kind.lower():
-            return peak
-    return None
+from pallas_kernels.benchmarking import peak_flops
 
 
 def bench_step(cfg: config_lib.Config, steps: int) -> dict:

@@ -98,7 +98,7 @@ class SessionManager:
         self.agent = agent
         self.sessions: dict[str, LiveSession] = {}
         self.ticks = 0
-        self.tick_seconds: list[float] = []  # wall time of each tick's engine work, for benchmarks
+        self.tick_seconds: collections.deque[float] = collections.deque(maxlen=10_000)  # recent ticks, seconds
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
         self._wake = asyncio.Event()
         self._seeds = itertools.count(1)
