@@ -15,6 +15,17 @@ DEVICE_IMPLEMENTATIONS = {"gpu": ("pallas_gpu",), "tpu": ("pallas_tpu",)}
 PALLAS_CPU = ("interpret_gpu", "interpret_tpu")
 
 
+def device_params() -> list:
+    """The compiled implementations as pytest params carrying their `gpu` / `tpu` marker."""
+    import pytest
+
+    return [
+        pytest.param(n, marks=getattr(pytest.mark, kind))
+        for kind, names in DEVICE_IMPLEMENTATIONS.items()
+        for n in names
+    ]
+
+
 def random_cache(rng: np.random.Generator, b: int, s: int, hkv: int, d: int, lengths, *, poison: bool = True):
     """k, v float32 [B, S, Hkv, D] with slots past each row's length set to NaN (unwritten memory)."""
     k = rng.standard_normal((b, s, hkv, d)).astype(np.float32)

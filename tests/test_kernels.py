@@ -15,13 +15,16 @@ import pytest
 from pallas_kernels import MatmulConfig, SplitKVConfig, bi_matmul, rms_norm, split_kv_attention
 from pallas_kernels.registry import resolve
 from pallas_kernels.split_kv_attention import reference as attention_reference
-from pallas_kernels.testing import CPU_IMPLEMENTATIONS, DEVICE_IMPLEMENTATIONS, PALLAS_CPU, assert_bitwise, random_cache
+from pallas_kernels.testing import (
+    CPU_IMPLEMENTATIONS,
+    DEVICE_IMPLEMENTATIONS,
+    PALLAS_CPU,
+    assert_bitwise,
+    device_params,
+    random_cache,
+)
 
-DEVICE = [
-    pytest.param(name, marks=getattr(pytest.mark, kind))
-    for kind, names in DEVICE_IMPLEMENTATIONS.items()
-    for name in names
-]
+DEVICE = device_params()
 PALLAS = [*PALLAS_CPU, *DEVICE]
 ALL = [*CPU_IMPLEMENTATIONS, *DEVICE]
 

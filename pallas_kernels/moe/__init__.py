@@ -1,0 +1,1 @@
+"""Mixture-of-experts SwiGLU FFN kernels: `api.moe_gemv` (few tokens) and `api.moe_gmm` (many)."""
