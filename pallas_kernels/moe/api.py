@@ -13,6 +13,7 @@ not depend on the other tokens or their order. D and F must be multiples of bloc
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +81,7 @@ def _variants(path):
 GEMV_VARIANTS, GMM_VARIANTS = _variants(_gemv_path), _variants(_gmm_path)
 
 
-def _call(op, variants, x, expert_ids, weights, w_gate, w_up, w_down, config, implementation):
+def _call(op, variants, x, expert_ids, weights, w_gate, w_up, w_down, *, config, implementation):
     x, expert_ids, weights, w_gate, w_up, w_down = map(jnp.asarray, (x, expert_ids, weights, w_gate, w_up, w_down))
     d, f = w_gate.shape[1], w_gate.shape[2]
     if x.ndim != 2 or x.shape[1] != d or w_up.shape != w_gate.shape or w_down.shape != (w_gate.shape[0], f, d):
@@ -97,8 +98,48 @@ def _call(op, variants, x, expert_ids, weights, w_gate, w_up, w_down, config, im
 
 
 def moe_gemv(x, expert_ids, weights, w_gate, w_up, w_down, *, config=MoEConfig(), implementation=None) -> jax.Array:
-    return _call("moe_gemv", GEMV_VARIANTS, x, expert_ids, weights, w_gate, w_up, w_down, config, implementation)
+    """For decoding (no gradient): one program per (token, slot) reads only its expert's weights."""
+    return _call(
+        "moe_gemv",
+        GEMV_VARIANTS,
+        x,
+        expert_ids,
+        weights,
+        w_gate,
+        w_up,
+        w_down,
+        config=config,
+        implementation=implementation,
+    )
 
 
 def moe_gmm(x, expert_ids, weights, w_gate, w_up, w_down, *, config=MoEConfig(), implementation=None) -> jax.Array:
-    return _call("moe_gmm", GMM_VARIANTS, x, expert_ids, weights, w_gate, w_up, w_down, config, implementation)
+    """Differentiable: the backward pass is `reference.ragged_ffn`'s (input gradient through the
+    transposed weights, weight gradients through transposed grouped matmuls), not the kernel's."""
+    forward = functools.partial(_call, "moe_gmm", GMM_VARIANTS, config=config, implementation=implementation)
+    return _with_ragged_vjp(forward)(x, expert_ids, weights, w_gate, w_up, w_down)
+
+
+def _with_ragged_vjp(forward):
+    @jax.custom_vjp
+    def fn(x, expert_ids, weights, w_gate, w_up, w_down):
+        return forward(x, expert_ids, weights, w_gate, w_up, w_down)
+
+    def fwd(x, expert_ids, weights, w_gate, w_up, w_down):
+        return fn(x, expert_ids, weights, w_gate, w_up, w_down), (x, expert_ids, weights, w_gate, w_up, w_down)
+
+    def bwd(saved, cotangent):
+        x, expert_ids, weights, w_gate, w_up, w_down = saved
+        _, pullback = jax.vjp(
+            lambda x, weights, wg, wu, wd: reference.ragged_ffn(x, expert_ids, weights, wg, wu, wd),
+            x,
+            weights,
+            w_gate,
+            w_up,
+            w_down,
+        )
+        dx, dweights, dwg, dwu, dwd = pullback(cotangent)
+        return dx, None, dweights, dwg, dwu, dwd
+
+    fn.defvjp(fwd, bwd)
+    return fn

@@ -54,3 +54,20 @@ def dense_reference(x, expert_ids, weights, w_gate, w_up, w_down) -> jax.Array:
     h = jax.nn.silu(jnp.einsum("td,edf->etf", xf, w_gate)) * jnp.einsum("td,edf->etf", xf, w_up)
     y = jnp.einsum("etf,efd->etd", h, w_down)
     return jnp.einsum("etd,te->td", y, combine_w)
+
+
+def ragged_ffn(x, expert_ids, weights, w_gate, w_up, w_down) -> jax.Array:
+    """The same FFN through `jax.lax.ragged_dot` over tokens sorted by expert: differentiable by JAX, so
+    it serves as `moe_gmm`'s backward pass (its numerics agree with the kernels to float tolerance)."""
+    t, k = expert_ids.shape
+    flat = expert_ids.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    sizes = jnp.bincount(flat, length=w_gate.shape[0]).astype(jnp.int32)
+    dt = x.dtype
+    rows = x[order // k]
+    gate = jax.lax.ragged_dot(rows, w_gate.astype(dt), sizes, preferred_element_type=jnp.float32)
+    up = jax.lax.ragged_dot(rows, w_up.astype(dt), sizes, preferred_element_type=jnp.float32)
+    h = (jax.nn.silu(gate) * up).astype(dt)
+    y = jax.lax.ragged_dot(h, w_down.astype(dt), sizes, preferred_element_type=jnp.float32)
+    y = jnp.zeros_like(y).at[order].set(y).reshape(t, k, -1)
+    return combine(y, weights)
