@@ -25,9 +25,9 @@ from interaction_jax.testing import window_and_chunked_text_logits
 CONFIGS = {
     "tiny, fast": [],
     "tiny, bitwise": ["kernels.alignment=bitwise"],
-    "tiny, bitwise, dense MoE": ["kernels.alignment=bitwise", "model.moe_dispatch=dense"],
+    "tiny, bitwise, MoE kernels": ["kernels.alignment=bitwise", "model.moe_dispatch=auto"],
     "tiny bf16, fast": ["model.dtype=bfloat16"],
-    "tiny bf16, bitwise, dense MoE": ["model.dtype=bfloat16", "kernels.alignment=bitwise", "model.moe_dispatch=dense"],
+    "tiny bf16, bitwise, MoE kernels": ["model.dtype=bfloat16", "kernels.alignment=bitwise", "model.moe_dispatch=auto"],
 }
 
 

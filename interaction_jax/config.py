@@ -96,7 +96,8 @@ class ModelConfig:
     shared_expert_mlp: int = 0  # 0: no shared expert
     dense_every: int = 0  # every n-th layer (n, 2n, …) is a dense SwiGLU instead of MoE; 0: none
     dense_mlp: int = 512
-    moe_dispatch: Literal["dense", "ragged", "gather"] = "ragged"
+    # gemv / gmm / auto: the pallas_kernels MoE kernels (auto: gemv up to kernels.moe_gemv_max_tokens)
+    moe_dispatch: Literal["dense", "ragged", "gather", "gemv", "gmm", "auto"] = "ragged"
     normalize_topk: bool = True  # renormalise the k routing weights to sum to one
     flow_hidden: int = 256
     flow_blocks: int = 2
@@ -218,6 +219,10 @@ class KernelsConfig:
     tile_m: int = 128
     tile_n: int = 128
     tile_k: int = 128
+    moe_block_rows: int = 8  # rows per tile of the MoE kernels (gemv fills one with a token)
+    moe_block_k: int = 128  # their reduction block (must divide model.d_model and model.expert_mlp)
+    # auto dispatch: moe_gemv up to this many tokens per call, moe_gmm above (no measured crossover yet)
+    moe_gemv_max_tokens: int = 32
 
 
 SCENARIOS = ("turn_taking", "backchannel", "interruption", "time_speak", "cue_speak", "rep_count", "delegate")
@@ -652,6 +657,12 @@ def validate(cfg: Config, num_devices: int | None = None, purpose: Literal["all"
     if kc.split_size % kc.block_kv:
         raise ConfigError(
             "kernels.split_size", f"{kc.split_size} is not a multiple of kernels.block_kv ({kc.block_kv})", "fix either"
+        )
+    if m.moe_dispatch in ("gemv", "gmm", "auto") and (m.d_model % kc.moe_block_k or m.expert_mlp % kc.moe_block_k):
+        raise ConfigError(
+            "kernels.moe_block_k",
+            f"{kc.moe_block_k} does not divide model.d_model ({m.d_model}) and model.expert_mlp ({m.expert_mlp})",
+            "use a common divisor of both",
         )
     for op in ("attention", "matmul", "norm"):
         if kc.alignment == "bitwise" and getattr(kc, op) == "xla":

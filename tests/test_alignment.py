@@ -2,9 +2,9 @@
 
 A training window's forward and the same tokens fed chunk by chunk through `microturn` (teacher
 forced) give identical text logits with the batch-invariant kernels (interpreted on CPU), where XLA's
-ops agree only to float tolerance. The MoE experts are not under the kernels yet (the MoE kernels
-issue): these tests use the dense dispatch, whose per-token einsum keeps rows apart here; with the
-ragged dispatch (`ragged_dot`) the tiny preset's logits still differ by ~1e-6.
+ops agree only to float tolerance. The MoE experts run `model.moe_dispatch=auto`: `moe_gemv` for the
+few tokens of a chunk, `moe_gmm` for a window, bit-identical per token (with `ragged`, whose rows
+depend on the group sizes, the tiny preset's logits still differ by ~1e-6).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from interaction_jax.testing import window_and_chunked_text_logits
 from tests.test_train import SMALL
 
 BASE = config_lib.override(
-    config_lib.preset("tiny"), [*SMALL, "model.moe_dispatch=dense", "kernels.split_size=128", "kernels.block_kv=64"]
+    config_lib.preset("tiny"),
+    [*SMALL, "model.moe_dispatch=auto", "kernels.moe_block_k=64", "kernels.split_size=128", "kernels.block_kv=64"],
 )
 
 
@@ -49,3 +50,25 @@ def test_kernel_choice_follows_the_alignment():
         config_lib.validate(config_lib.override(BASE, ["kernels.alignment=bitwise", "kernels.matmul=xla"]))
     with pytest.raises(ConfigError, match=r"kernels\.split_size: 100 is not a multiple of kernels\.block_kv"):
         config_lib.validate(config_lib.override(BASE, ["kernels.split_size=100"]))
+    with pytest.raises(ConfigError, match=r"kernels\.moe_block_k: 128 does not divide model\.d_model \(64\)"):
+        config_lib.validate(config_lib.override(BASE, ["kernels.moe_block_k=128"]))
+
+
+@pytest.mark.parametrize("dispatch", ["gemv", "gmm", "auto"])
+def test_moe_kernel_dispatches_agree_with_dense_and_train(dispatch):
+    """The model's loss and gradients with the MoE kernels equal the dense dispatch's to float tolerance."""
+    from interaction_jax.testing import random_batch
+
+    dense = config_lib.validate(config_lib.override(BASE, ["model.moe_dispatch=dense"]))
+    kernel = config_lib.validate(config_lib.override(BASE, [f"model.moe_dispatch={dispatch}"]))
+    params = step_lib.init_params(dense, jax.random.key(0))
+    batch = random_batch(dense.stream, 5, batch=2, seed=3)
+
+    def loss_and_grads(cfg):
+        grad = jax.value_and_grad(lambda p: step_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0])
+        return jax.jit(grad)(params)
+
+    (want, want_grads), (got, got_grads) = loss_and_grads(dense), loss_and_grads(kernel)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-3, atol=1e-5)

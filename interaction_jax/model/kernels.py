@@ -85,3 +85,24 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array, kc:
     kv_lengths = jnp.max(jnp.where(query_slots < k.shape[1], query_slots, -1), axis=1) + 1
     split = pallas_kernels.SplitKVConfig(kc.split_size, kc.block_kv)
     return pallas_kernels.split_kv_attention(q, k, v, query_slots, kv_lengths, config=split, implementation=impl)
+
+
+def moe_experts(x, weights, expert_ids, w_gate, w_up, w_down, dispatch: str, kc: KernelsConfig) -> jax.Array:
+    """The `pallas_kernels` MoE FFN for x [N, D]: `gemv`, `gmm`, or `auto` (gemv for at most
+    `kc.moe_gemv_max_tokens` tokens: the count is static, so the choice is made at trace time). The
+    kernels compute a token bit-identically either way. Compiled on GPU/TPU, interpreted on CPU."""
+    if dispatch == "auto":
+        dispatch = "gemv" if x.shape[0] <= kc.moe_gemv_max_tokens else "gmm"
+    op = pallas_kernels.moe_gemv if dispatch == "gemv" else pallas_kernels.moe_gmm
+    impl = "pallas" if jax.default_backend() in ("gpu", "tpu") else "interpret"
+    config = pallas_kernels.MoEConfig(kc.moe_block_rows, kc.moe_block_k)
+    return op(
+        x,
+        expert_ids,
+        weights,
+        w_gate.astype(x.dtype),
+        w_up.astype(x.dtype),
+        w_down.astype(x.dtype),
+        config=config,
+        implementation=impl,
+    )

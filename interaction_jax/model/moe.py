@@ -27,7 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from interaction_jax.config import ModelConfig
+from interaction_jax.config import KernelsConfig, ModelConfig
+from interaction_jax.model import kernels as kernels_lib
 from interaction_jax.model import layers
 from interaction_jax.model.layers import param
 
@@ -168,6 +169,8 @@ def experts_gather(
 
 
 DISPATCHES = {"dense": experts_dense, "ragged": experts_ragged, "gather": experts_gather}
+# The pallas_kernels MoE kernels (`model/kernels.moe_experts`).
+KERNEL_DISPATCHES = ("gemv", "gmm", "auto")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,13 +303,14 @@ class MoE(nn.Module):
     """
 
     cfg: ModelConfig
+    kernels: KernelsConfig = kernels_lib.FAST
 
     @nn.compact
     def __call__(self, x: jax.Array, token_mask: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         cfg = self.cfg
         b, t, d = x.shape
         n_experts, f = cfg.n_experts, cfg.expert_mlp
-        if cfg.moe_dispatch not in DISPATCHES:
+        if cfg.moe_dispatch not in (*DISPATCHES, *KERNEL_DISPATCHES):
             raise ValueError(f"model.moe_dispatch={cfg.moe_dispatch!r} is not one of {sorted(DISPATCHES)}")
         dt = layers.compute_dtype(cfg.dtype)
         act = ("act_batch", "act_len", "act_embed")
@@ -328,7 +332,16 @@ class MoE(nn.Module):
         w_down = param(self, "w_down", (n_experts, f, d), ("exp", "exp_mlp", "embed"))
 
         xc = x.astype(dt)
-        if cfg.moe_dispatch == "ragged" and expert_parallel_axes(n_experts):
+        if cfg.moe_dispatch in KERNEL_DISPATCHES:
+            if expert_parallel_axes(n_experts):
+                raise ValueError(
+                    f"model.moe_dispatch={cfg.moe_dispatch} does not run expert-parallel yet; "
+                    "use moe_dispatch=ragged on a mesh that shards experts"
+                )
+            y = kernels_lib.moe_experts(
+                xc.reshape(b * t, d), weights, expert_ids, w_gate, w_up, w_down, cfg.moe_dispatch, self.kernels
+            ).reshape(b, t, d)
+        elif cfg.moe_dispatch == "ragged" and expert_parallel_axes(n_experts):
             k = cfg.top_k
             y = experts_ragged_ep(xc, weights.reshape(b, t, k), expert_ids.reshape(b, t, k), w_gate, w_up, w_down)
         else:

@@ -40,7 +40,7 @@ class Block(nn.Module):
         if self.dense:
             y, aux = MLP(c.dense_mlp, c.dtype, kc, name="mlp")(y), {}
         else:
-            y, aux = MoE(c, name="moe")(y, token_mask)
+            y, aux = MoE(c, kc, name="moe")(y, token_mask)
         x = x + y.astype(x.dtype)
         return nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed")), layer_cache, aux
 

@@ -98,19 +98,10 @@ def _call(op, variants, x, expert_ids, weights, w_gate, w_up, w_down, *, config,
 
 
 def moe_gemv(x, expert_ids, weights, w_gate, w_up, w_down, *, config=MoEConfig(), implementation=None) -> jax.Array:
-    """For decoding (no gradient): one program per (token, slot) reads only its expert's weights."""
-    return _call(
-        "moe_gemv",
-        GEMV_VARIANTS,
-        x,
-        expert_ids,
-        weights,
-        w_gate,
-        w_up,
-        w_down,
-        config=config,
-        implementation=implementation,
-    )
+    """For decoding: one program per (token, slot) reads only its expert's weights. Differentiable like
+    `moe_gmm` (the backward pass is `reference.ragged_ffn`'s)."""
+    forward = functools.partial(_call, "moe_gemv", GEMV_VARIANTS, config=config, implementation=implementation)
+    return _with_ragged_vjp(forward)(x, expert_ids, weights, w_gate, w_up, w_down)
 
 
 def moe_gmm(x, expert_ids, weights, w_gate, w_up, w_down, *, config=MoEConfig(), implementation=None) -> jax.Array:
