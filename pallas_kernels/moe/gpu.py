@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels.moe.kernel import combine_kernel
+from pallas_kernels.moe.kernel import combine_call
 from pallas_kernels.moe.reference import ffn
 
 
@@ -72,13 +72,4 @@ def gmm(rows, tile_expert, w_gate, w_up, w_down, *, block_rows, block_k, interpr
 
 
 def combine(y, weights, *, interpret=False):
-    t, k, d = y.shape
-    return pl.pallas_call(
-        combine_kernel,
-        grid=(t,),
-        in_specs=[pl.BlockSpec((None, k, d), lambda i: (i, 0, 0)), pl.BlockSpec((None, k, 1), lambda i: (i, 0, 0))],
-        out_specs=pl.BlockSpec((None, d), lambda i: (i, 0)),
-        out_shape=jax.ShapeDtypeStruct((t, d), jnp.float32),
-        interpret=interpret,
-        name="moe_combine",
-    )(y, weights.astype(jnp.float32)[..., None])
+    return combine_call(y, weights, interpret=interpret)

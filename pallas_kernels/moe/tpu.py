@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.moe.kernel import combine_kernel
+from pallas_kernels.moe.kernel import combine_call
 from pallas_kernels.moe.reference import ffn
 
 
@@ -77,13 +77,4 @@ def gmm(rows, tile_expert, w_gate, w_up, w_down, *, block_rows, block_k, interpr
 
 
 def combine(y, weights, *, interpret=False):
-    t, k, d = y.shape
-    return pl.pallas_call(
-        combine_kernel,
-        grid=(t,),
-        in_specs=[pl.BlockSpec((None, k, d), lambda i: (i, 0, 0)), pl.BlockSpec((None, k, 1), lambda i: (i, 0, 0))],
-        out_specs=pl.BlockSpec((None, d), lambda i: (i, 0)),
-        out_shape=jax.ShapeDtypeStruct((t, d), jnp.float32),
-        name="moe_combine",
-        **_interpret(interpret),
-    )(y, weights.astype(jnp.float32)[..., None])
+    return combine_call(y, weights, **_interpret(interpret))
