@@ -75,11 +75,59 @@ def test_gemv_and_gmm_agree_bit_for_bit_whatever_the_batch(implementation):
 
 def test_sorted_layout_pads_each_expert_to_whole_tiles():
     ids = np.array([[2, 0], [2, 1], [2, 0]], np.int32)  # expert 0: 2, expert 1: 1, expert 2: 3 assignments
-    row, token_of_row, tile_expert = (np.asarray(a) for a in api.sorted_layout(ids, 4, block_rows=2))
+    layout = api.sorted_layout(ids, 4, block_rows=2)
+    row, token_of_row, tile_expert = (np.asarray(a) for a in layout[:3])
     # groups start at rows 0 (expert 0), 2 (expert 1), 4 (expert 2: two tiles); stable within a group
     assert row.tolist() == [4, 0, 5, 2, 6, 1]
-    assert token_of_row[:8].tolist() == [0, 2, 1, -1, 0, 1, 2, -1]
-    assert tile_expert[:4].tolist() == [0, 1, 2, 2] and len(tile_expert) == 3 + 4
+    assert token_of_row.tolist() == [0, 2, 1, -1, 0, 1, 2, -1] + [-1] * 6
+    # 4 used tiles of 7; the unused ones repeat the last used expert (no new weights to fetch)
+    assert int(layout.used_tiles[0]) == 4 and tile_expert.tolist() == [0, 1, 2, 2, 2, 2, 2]
+
+
+def test_sorted_layout_leaves_out_non_local_experts():
+    ids = np.array([[2, -1], [5, 1], [-3, 4]], np.int32)  # 4 experts here: ids -1, 5, -3 and 4 are elsewhere
+    layout = api.sorted_layout(ids, 4, block_rows=2)
+    assert int(layout.used_tiles[0]) == 2  # expert 1 (token 1) and expert 2 (token 0), one tile each
+    assert np.asarray(layout.tile_expert).tolist() == [1, 2, 2, 2, 2, 2, 2]  # 3 + 4 tiles
+    assert np.asarray(layout.token_of_row).tolist() == [1, -1, 0, -1] + [-1] * 10
+    assert np.asarray(layout.row)[[0, 2]].tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("implementation", [*CPU_IMPLEMENTATIONS, *DEVICE])
+def test_non_local_experts_contribute_exactly_zero(implementation):
+    """Shards of E = 8 experts in two halves: ids outside [0, 4) give zero slots, and the two shards' slot
+    outputs summed reproduce the one-device slots and output bit for bit."""
+    t, e, k = 9, 8, 2
+    x, ids, weights, w_gate, w_up, w_down = _case(7, t, e, k)
+    whole = {
+        op: np.asarray(op(x, ids, w_gate, w_up, w_down, config=CONFIG, implementation=implementation))
+        for op in (api.moe_gemv_slots, api.moe_gmm_slots)
+    }
+    for op, want in whole.items():
+        halves = [
+            np.asarray(
+                op(
+                    x,
+                    ids - lo,
+                    w_gate[lo : lo + 4],
+                    w_up[lo : lo + 4],
+                    w_down[lo : lo + 4],
+                    config=CONFIG,
+                    implementation=implementation,
+                )
+            )
+            for lo in (0, 4)
+        ]
+        for lo, half in zip((0, 4), halves, strict=True):
+            elsewhere = (ids < lo) | (ids >= lo + 4)
+            assert elsewhere.any() and (~elsewhere).any()
+            assert (half[elsewhere] == 0).all(), op.__name__
+        assert_bitwise(halves[0] + halves[1], want, op.__name__)
+        combined = api.moe_combine(halves[0] + halves[1], weights, implementation=implementation)
+        np.testing.assert_allclose(
+            np.asarray(combined), reference.dense_reference(x, ids, weights, w_gate, w_up, w_down), rtol=1e-5, atol=1e-5
+        )
+    assert_bitwise(whole[api.moe_gemv_slots], whole[api.moe_gmm_slots], "gemv vs gmm slots")
 
 
 def test_bad_shapes_are_refused():

@@ -1,6 +1,7 @@
 """The MoE feed-forward: routing, the three dropless dispatches, aux losses, expert parallelism."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -8,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from interaction_jax.config import ModelConfig
+from interaction_jax.config import KernelsConfig, ModelConfig
+from interaction_jax.model import kernels as kernels_lib
 from interaction_jax.model import moe
 
 D, F = 16, 24
@@ -275,45 +277,38 @@ def test_moe_module_bfloat16():
     np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ref), atol=0.1, rtol=0.05)
 
 
-@pytest.mark.parametrize(
-    "rules",
-    [RULES_BATCH_OVER_EXPERT, RULES_BATCH_OVER_DATA, RULES_LEN_OVER_EXPERT],
-    ids=["batch-exp", "batch-data", "len-exp"],
-)
-def test_moe_expert_parallel_matches_unsharded(rules):
+def _loss(module, params, x, mask, cot):
+    y, aux = module.apply({"params": params}, x, mask)
+    return jnp.sum(y * cot) + aux["load_balance"] + aux["router_z"], y
+
+
+def _value_and_grad(module, mask, cot):
+    return jax.jit(jax.value_and_grad(lambda p, x: _loss(module, p, x, mask, cot), argnums=(0, 1), has_aux=True))
+
+
+def _expert_parallel_run(module, rules, mesh):
+    """(output, (param grads, x grads), params, expert weight specs) of `module` sharded by `rules` over
+    `mesh`, checking that the dispatch took the shard_map path."""
     x, mask = _inputs()
-    cfg = _cfg()
-    mesh = _cpu8_mesh()
     cot = jax.random.normal(jax.random.key(8), x.shape)
-
-    def loss(module, params, x):
-        y, aux = module.apply({"params": params}, x, mask)
-        return jnp.sum(y * cot) + aux["load_balance"] + aux["router_z"], y
-
-    init = lambda key: moe.MoE(cfg).init(key, x, mask)
-
+    init = lambda key: moe.MoE(_cfg()).init(key, x, mask)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         abstract = jax.eval_shape(init, jax.random.key(9))
         shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
-        variables = jax.jit(init, out_shardings=shardings)(jax.random.key(9))
-        params = variables["params"]
-        for name in ("w_gate", "w_up"):
-            assert params[name].value.sharding.spec == jax.P("expert", None, "tensor"), name
-        assert params["w_down"].value.sharding.spec == jax.P("expert", "tensor", None)
+        params = jax.jit(init, out_shardings=shardings)(jax.random.key(9))["params"]
+        specs = {name: params[name].value.sharding.spec for name in ("w_gate", "w_up", "w_down")}
         params = nn.meta.unbox(params)
-        grad_fn = jax.jit(jax.value_and_grad(lambda p, x: loss(moe.MoE(cfg), p, x), argnums=(0, 1), has_aux=True))
+        grad_fn = _value_and_grad(module, mask, cot)
         assert "shard_map" in str(jax.make_jaxpr(grad_fn)(params, x))
         (_, y), grads = grad_fn(params, x)
+    return y, grads, jax.device_get(params), specs
 
-        # the same module with dense dispatch under the mesh takes no shard_map
-        dense = jax.jit(lambda p, x: moe.MoE(_cfg(moe_dispatch="dense")).apply({"params": p}, x, mask))
-        assert "shard_map" not in str(jax.make_jaxpr(dense)(params, x))
 
-    # the unsharded reference: the same parameters on one device, dense dispatch, no mesh
-    ref_params = jax.device_get(params)
-    (_, ref_y), ref_grads = jax.jit(
-        jax.value_and_grad(lambda p, x: loss(moe.MoE(_cfg(moe_dispatch="dense")), p, x), argnums=(0, 1), has_aux=True)
-    )(ref_params, x)
+def _assert_matches_dense_unsharded(y, grads, params):
+    """The same parameters on one device, dense dispatch, no mesh."""
+    x, mask = _inputs()
+    cot = jax.random.normal(jax.random.key(8), x.shape)
+    (_, ref_y), ref_grads = _value_and_grad(moe.MoE(_cfg(moe_dispatch="dense")), mask, cot)(params, x)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref_y), atol=1e-5, rtol=1e-5)
     flat_ref = jax.tree_util.tree_leaves_with_path(ref_grads)
     flat = jax.tree.leaves(grads)
@@ -321,6 +316,62 @@ def test_moe_expert_parallel_matches_unsharded(rules):
     for (path, r), g in zip(flat_ref, flat, strict=True):
         assert np.abs(np.asarray(r)).max() > 1e-3, path
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-5, rtol=1e-5, err_msg=str(path))
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [RULES_BATCH_OVER_EXPERT, RULES_BATCH_OVER_DATA, RULES_LEN_OVER_EXPERT],
+    ids=["batch-exp", "batch-data", "len-exp"],
+)
+def test_moe_expert_parallel_matches_unsharded(rules):
+    y, grads, params, specs = _expert_parallel_run(moe.MoE(_cfg()), rules, _cpu8_mesh())
+    assert specs == {
+        "w_gate": jax.P("expert", None, "tensor"),
+        "w_up": jax.P("expert", None, "tensor"),
+        "w_down": jax.P("expert", "tensor", None),
+    }
+    _assert_matches_dense_unsharded(y, grads, params)
+    # the same module with dense dispatch under the mesh takes no shard_map
+    x, mask = _inputs()
+    with jax.set_mesh(_cpu8_mesh()), nn.logical_axis_rules(rules):
+        dense = jax.jit(lambda p, x: moe.MoE(_cfg(moe_dispatch="dense")).apply({"params": p}, x, mask))
+        assert "shard_map" not in str(jax.make_jaxpr(dense)(params, x))
+
+
+# The MoE kernels on these tiny shapes: reductions in blocks of 4 divide D = 16 and F / tensor = 12.
+MOE_KERNELS = KernelsConfig(moe_block_k=4)
+RULES_EXPERT_MLP_WHOLE = (*RULES_BATCH_OVER_EXPERT[:-1], ("exp_mlp", None))
+
+
+@pytest.mark.parametrize("dispatch", ["gemv", "gmm"])
+def test_moe_kernels_expert_parallel(dispatch):
+    """Expert-parallel kernel dispatch: with F split over 'tensor' the module agrees with the dense
+    dispatch (outputs and gradients); with F whole, each slot is computed by one shard and summed with
+    zeros, so the experts' output is bit-identical to the unsharded kernels'."""
+    module = moe.MoE(_cfg(moe_dispatch=dispatch), kernels=MOE_KERNELS)
+    y, grads, params, _ = _expert_parallel_run(module, RULES_BATCH_OVER_EXPERT, _cpu8_mesh())
+    _assert_matches_dense_unsharded(y, grads, params)
+
+    # F whole: the slots of every shard summed, then combined, are the one-device kernels' bit for bit
+    x, _ = _inputs()
+    n, k = x.shape[0] * x.shape[1], 2
+    weights, ids = _routing(jax.random.key(3), n, 4, k, "random")
+    w = _weights(jax.random.key(4), 4)
+    local = functools.partial(moe.kernel_local_slots, dispatch=dispatch, kc=MOE_KERNELS)
+    with jax.set_mesh(_cpu8_mesh()), nn.logical_axis_rules(RULES_EXPERT_MLP_WHOLE):
+        sharded = jax.jit(
+            lambda x, weights, ids, *w: moe.experts_parallel(
+                x, weights, ids, *w, local, kernels_lib.moe_combine, check_vma=False
+            )
+        )
+        assert "shard_map" in str(jax.make_jaxpr(sharded)(x, weights.reshape(8, 6, k), ids.reshape(8, 6, k), *w))
+        y = sharded(x, weights.reshape(8, 6, k), ids.reshape(8, 6, k), *w).reshape(n, -1)
+    flat = x.reshape(n, -1)
+    alone = jax.jit(lambda: kernels_lib.moe_combine(local(flat, weights, ids, *w, 0), weights))()
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(alone))
+    ragged = moe.experts_ragged(flat, weights, ids, *w)
+    assert not np.array_equal(np.asarray(alone), np.asarray(ragged))  # bit-equality is not a given
+    np.testing.assert_allclose(np.asarray(alone), np.asarray(ragged), atol=1e-5)
 
 
 def test_expert_count_must_divide_expert_axis():

@@ -87,22 +87,23 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array, kc:
     return pallas_kernels.split_kv_attention(q, k, v, query_slots, kv_lengths, config=split, implementation=impl)
 
 
-def moe_experts(x, weights, expert_ids, w_gate, w_up, w_down, dispatch: str, kc: KernelsConfig) -> jax.Array:
-    """The `pallas_kernels` MoE FFN for x [N, D]: `gemv`, `gmm`, or `auto` (gemv for at most
-    `kc.moe_gemv_max_tokens` tokens: the count is static, so the choice is made at trace time). The
-    kernels compute a token bit-identically either way. Compiled on GPU/TPU, interpreted on CPU."""
+def _moe_implementation() -> str:
+    return "pallas" if jax.default_backend() in ("gpu", "tpu") else "interpret"
+
+
+def moe_expert_slots(x, expert_ids, w_gate, w_up, w_down, dispatch: str, kc: KernelsConfig) -> jax.Array:
+    """The `pallas_kernels` MoE slot outputs float32 [N, k, D] for x [N, D]: `gemv`, `gmm`, or `auto`
+    (gemv for at most `kc.moe_gemv_max_tokens` tokens: the count is static, so the choice is made at
+    trace time). A token is computed bit-identically either way; an id outside [0, E) (another shard's
+    expert) gives a zero slot. Compiled on GPU/TPU, interpreted on CPU."""
     if dispatch == "auto":
         dispatch = "gemv" if x.shape[0] <= kc.moe_gemv_max_tokens else "gmm"
-    op = pallas_kernels.moe_gemv if dispatch == "gemv" else pallas_kernels.moe_gmm
-    impl = "pallas" if jax.default_backend() in ("gpu", "tpu") else "interpret"
+    op = pallas_kernels.moe_gemv_slots if dispatch == "gemv" else pallas_kernels.moe_gmm_slots
     config = pallas_kernels.MoEConfig(kc.moe_block_rows, kc.moe_block_k)
-    return op(
-        x,
-        expert_ids,
-        weights,
-        w_gate.astype(x.dtype),
-        w_up.astype(x.dtype),
-        w_down.astype(x.dtype),
-        config=config,
-        implementation=impl,
-    )
+    w = (a.astype(x.dtype) for a in (w_gate, w_up, w_down))
+    return op(x, expert_ids, *w, config=config, implementation=_moe_implementation())
+
+
+def moe_combine(y: jax.Array, weights: jax.Array) -> jax.Array:
+    """Σ_j weights[n, j] · y[n, j] in float32, slot 0 first (the kernels' combine)."""
+    return pallas_kernels.moe_combine(y, weights, implementation=_moe_implementation())

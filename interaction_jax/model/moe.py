@@ -14,12 +14,16 @@ All three are dropless: there is no capacity factor, every assignment is compute
 where every token picks the same expert. Expert matmuls run in the dtype of `x`; the k outputs are
 weighted and summed in float32 and the result is float32.
 
-Expert parallelism (`moe_dispatch='ragged'` on a mesh whose 'exp' axes have more than one device):
-see `experts_ragged_ep`, run inside `jax.shard_map`.
+The kernel dispatches (`gemv`, `gmm`, `auto`) run `pallas_kernels`' MoE kernels: `auto` takes
+`moe_gemv` for few tokens and `moe_gmm` for many, which compute a token bit-identically.
+
+Expert parallelism (`ragged` or a kernel dispatch on a mesh whose 'exp' axes have more than one
+device): see `experts_parallel`, run inside `jax.shard_map`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -173,6 +177,13 @@ DISPATCHES = {"dense": experts_dense, "ragged": experts_ragged, "gather": expert
 KERNEL_DISPATCHES = ("gemv", "gmm", "auto")
 
 
+def kernel_local_slots(x, weights, expert_ids, w_gate, w_up, w_down, expert_offset, *, dispatch, kc) -> jax.Array:
+    """The MoE kernels' slot outputs float32 [N, k, D] of experts [offset, offset + E_local) (the others'
+    slots are zero): `dispatch` gemv, gmm or auto (`model/kernels.moe_expert_slots`)."""
+    del weights  # applied by `kernels_lib.moe_combine`, after the shards' slots are summed
+    return kernels_lib.moe_expert_slots(x, expert_ids - expert_offset, w_gate, w_up, w_down, dispatch, kc)
+
+
 # ----------------------------------------------------------------------------------------------
 # Expert parallelism
 
@@ -222,15 +233,33 @@ def expert_parallel_axes(n_experts: int) -> tuple[str, ...]:
     return axes
 
 
-def experts_ragged_ep(
+def _no_finish(partial: jax.Array, weights: jax.Array) -> jax.Array:
+    del weights
+    return partial
+
+
+def experts_parallel(
     x: jax.Array,
     weights: jax.Array,
     expert_ids: jax.Array,
     w_gate: jax.Array,
     w_up: jax.Array,
     w_down: jax.Array,
+    local=_experts_ragged_local,
+    finish=_no_finish,
+    check_vma: bool = True,
 ) -> jax.Array:
-    """The ragged dispatch with experts sharded over the mesh axes of the 'exp' rule (inside shard_map).
+    """A dispatch with experts sharded over the mesh axes of the 'exp' rule (inside shard_map).
+
+    `local(x, weights, expert_ids, w_gate, w_up, w_down, expert_offset)` computes the shard's experts'
+    share of its tokens' result (float32 [N, ...], summed over shards); `finish(total, weights)` turns
+    the summed share of the shard's own tokens into [N, D]. The ragged dispatch sums combined outputs
+    (`_experts_ragged_local`, no finish); the kernel dispatch sums the unweighted slot outputs, each of
+    which one shard computes alone, and combines after, so its result does not depend on the mesh.
+
+    `check_vma=False` is for the kernels: a `pallas_call` under the varying-manual-axes check needs its
+    outputs' type spelled out, and JAX 0.10's Pallas interpreter fails the check on its own loop
+    indices. The tests pin the unchecked path's gradients to the dense dispatch's.
 
     x [B, T, D], weights/expert_ids [B, T, k]; returns float32 [B, T, D]. Must run under a mesh
     (`jax.set_mesh`) and logical axis rules. Specs come from the rules: tokens are split over the
@@ -239,10 +268,10 @@ def experts_ragged_ep(
 
     1. tokens (and their weights and ids) are all-gathered (tiled) over every weight-sharding axis that
        also splits tokens (e.g. 'expert' when it is part of the batch rule);
-    2. only the local experts' assignments are computed (`_experts_ragged_local`);
+    2. only the local experts' assignments are computed (`local`);
     3. the partial outputs are summed over the weight-sharding axes: `psum_scatter` (tiled) over the
        gathered ones, which hands each shard back its own tokens, `psum` over the rest (e.g. the
-       tensor axis splitting F in the down-projection).
+       tensor axis splitting F in the down-projection); then `finish`.
 
     Future work: a ragged all-to-all dispatch (`jax.lax.ragged_all_to_all`) sending each assignment
     only to the shard owning its expert would replace the all-gather/reduce-scatter of all tokens
@@ -266,27 +295,29 @@ def experts_ragged_ep(
     up_spec = jax.P(_spec_entry(ep_axes), None, _spec_entry(mlp_axes))
     down_spec = jax.P(_spec_entry(ep_axes), _spec_entry(mlp_axes), None)
 
-    def local(x, weights, expert_ids, w_gate, w_up, w_down):
+    def shard(x, weights, expert_ids, w_gate, w_up, w_down):
         bl, tl, _ = x.shape
         k = expert_ids.shape[-1]
-        x, weights, expert_ids = x.reshape(-1, d), weights.reshape(-1, k), expert_ids.reshape(-1, k)
+        x, own_weights, expert_ids = x.reshape(-1, d), weights.reshape(-1, k), expert_ids.reshape(-1, k)
+        weights = own_weights
         if gather_axes:
             x, weights, expert_ids = (jax.lax.all_gather(a, gather_axes, tiled=True) for a in (x, weights, expert_ids))
         if sum_axes:  # replicated over these, but each shard uses x for its own experts / F slice
             x = jax.lax.pcast(x, sum_axes, to="varying")
         offset = jax.lax.axis_index(ep_axes) * n_local
-        y = _experts_ragged_local(x, weights, expert_ids, w_gate, w_up, w_down, offset)
+        y = local(x, weights, expert_ids, w_gate, w_up, w_down, offset)
         if gather_axes:
             y = jax.lax.psum_scatter(y, gather_axes, scatter_dimension=0, tiled=True)
         if sum_axes:
             y = jax.lax.psum(y, sum_axes)
-        return y.reshape(bl, tl, d)
+        return finish(y, own_weights).reshape(bl, tl, d)
 
     return jax.shard_map(
-        local,
+        shard,
         mesh=mesh,
         in_specs=(tok_spec, tok_spec, tok_spec, up_spec, up_spec, down_spec),
         out_specs=tok_spec,
+        check_vma=check_vma,
     )(x, weights, expert_ids, w_gate, w_up, w_down)
 
 
@@ -332,18 +363,28 @@ class MoE(nn.Module):
         w_down = param(self, "w_down", (n_experts, f, d), ("exp", "exp_mlp", "embed"))
 
         xc = x.astype(dt)
-        if cfg.moe_dispatch in KERNEL_DISPATCHES:
-            if expert_parallel_axes(n_experts):
-                raise ValueError(
-                    f"model.moe_dispatch={cfg.moe_dispatch} does not run expert-parallel yet; "
-                    "use moe_dispatch=ragged on a mesh that shards experts"
-                )
-            y = kernels_lib.moe_experts(
-                xc.reshape(b * t, d), weights, expert_ids, w_gate, w_up, w_down, cfg.moe_dispatch, self.kernels
-            ).reshape(b, t, d)
-        elif cfg.moe_dispatch == "ragged" and expert_parallel_axes(n_experts):
-            k = cfg.top_k
-            y = experts_ragged_ep(xc, weights.reshape(b, t, k), expert_ids.reshape(b, t, k), w_gate, w_up, w_down)
+        k = cfg.top_k
+        kernel_slots = functools.partial(kernel_local_slots, dispatch=cfg.moe_dispatch, kc=self.kernels)
+        if cfg.moe_dispatch in ("ragged", *KERNEL_DISPATCHES) and expert_parallel_axes(n_experts):
+            local, finish = (
+                (kernel_slots, kernels_lib.moe_combine)
+                if cfg.moe_dispatch in KERNEL_DISPATCHES
+                else (_experts_ragged_local, _no_finish)
+            )
+            y = experts_parallel(
+                xc,
+                weights.reshape(b, t, k),
+                expert_ids.reshape(b, t, k),
+                w_gate,
+                w_up,
+                w_down,
+                local,
+                finish,
+                check_vma=cfg.moe_dispatch not in KERNEL_DISPATCHES,
+            )
+        elif cfg.moe_dispatch in KERNEL_DISPATCHES:
+            slots = kernel_slots(xc.reshape(b * t, d), weights, expert_ids, w_gate, w_up, w_down, 0)
+            y = kernels_lib.moe_combine(slots, weights).reshape(b, t, d)
         else:
             y = DISPATCHES[cfg.moe_dispatch](xc.reshape(b * t, d), weights, expert_ids, w_gate, w_up, w_down)
             y = y.reshape(b, t, d)

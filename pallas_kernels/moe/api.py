@@ -8,12 +8,16 @@ Both return float32 [T, D] and compute each (token, slot) with the same operatio
 same shape (`MoEConfig.block_rows` rows, reductions in `block_k` blocks in order), then combine the k
 slots in order in float32: a token's result is bit-identical whichever kernel computed it, and does
 not depend on the other tokens or their order. D and F must be multiples of block_k.
-"""
+
+Each is two steps, public for expert parallelism: `moe_gemv_slots` / `moe_gmm_slots` give the
+unweighted slot outputs [T, k, D], and `moe_combine` weights and sums them. An expert id outside
+[0, E) (another shard's expert, as a shard sees them) is skipped and its slot is exactly zero, so
+summing the shards' slot outputs and then combining reproduces the one-device result bit for bit."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,105 +36,173 @@ class MoEConfig:
             raise ValueError(f"block sizes must be positive, got {self}")
 
 
-def sorted_layout(expert_ids: jax.Array, n_experts: int, block_rows: int):
-    """Assignments sorted by expert, each expert's group padded to whole tiles.
+class SortedLayout(NamedTuple):
+    row: jax.Array  # [T·k] the padded row of each assignment (a non-local one: 0, never read)
+    token_of_row: jax.Array  # [R] the token in each padded row (-1: padding)
+    tile_expert: jax.Array  # [R / block_rows] each tile's expert (unused tiles: the last used one's)
+    used_tiles: jax.Array  # int32 [1]: tiles [0, used_tiles) hold assignments; the rest are skipped
 
-    Returns (row of each assignment [T·k], token of each padded row (-1: padding) [R_total], expert
-    of each tile [R_total / block_rows]); R_total is a static bound: ceil(T·k / block_rows) + E tiles.
+
+def sorted_layout(expert_ids: jax.Array, n_experts: int, block_rows: int) -> SortedLayout:
+    """Assignments sorted by expert (stably), each expert's group padded to whole tiles.
+
+    R is a static bound, ceil(T·k / block_rows) + E tiles of rows. Unused tiles name the last used
+    tile's expert, so a TPU pipeline that skips them fetches no further weights.
     """
     flat = expert_ids.reshape(-1)
     a = flat.shape[0]
-    order = jnp.argsort(flat, stable=True)
-    sizes = jnp.bincount(flat, length=n_experts)
-    padded = -(-sizes // block_rows) * block_rows
-    group_start = jnp.cumsum(padded) - padded
-    rank = jnp.arange(a) - (jnp.cumsum(sizes) - sizes)[flat[order]]
-    row = jnp.zeros(a, jnp.int32).at[order].set((group_start[flat[order]] + rank).astype(jnp.int32))
+    here = reference.is_local(flat, n_experts)
+    key = jnp.where(here, flat, n_experts)  # non-local assignments sort last and get no rows
+    order = reference.stable_argsort(key)
+    sizes = jnp.bincount(key, length=n_experts + 1)
+    padded = (-(-sizes // block_rows) * block_rows).at[n_experts].set(0)
+    group_end = jnp.cumsum(padded)
+    group_start = group_end - padded
+    sorted_key = key[order]
+    rank = jnp.arange(a) - (jnp.cumsum(sizes) - sizes)[sorted_key]
+    row_sorted = jnp.where(sorted_key < n_experts, group_start[sorted_key] + rank, 0).astype(jnp.int32)
+    row = jnp.zeros(a, jnp.int32).at[order].set(row_sorted)
     n_tiles = -(-a // block_rows) + n_experts
-    tile_expert = jnp.searchsorted(jnp.cumsum(padded), jnp.arange(n_tiles) * block_rows, side="right")
+    used = (group_end[n_experts] // block_rows).astype(jnp.int32)
+    tile_expert = jnp.searchsorted(group_end[:n_experts], jnp.arange(n_tiles) * block_rows, side="right")
+    tile_expert = jnp.where(jnp.arange(n_tiles) < used, tile_expert, tile_expert[jnp.maximum(used - 1, 0)])
     tile_expert = jnp.minimum(tile_expert, n_experts - 1).astype(jnp.int32)
+    token = jnp.arange(a, dtype=jnp.int32) // expert_ids.shape[1]
     token_of_row = (
-        jnp.full(n_tiles * block_rows, -1, jnp.int32).at[row].set(jnp.arange(a, dtype=jnp.int32) // expert_ids.shape[1])
+        jnp.full(n_tiles * block_rows, -1, jnp.int32)
+        .at[jnp.where(here, row, n_tiles * block_rows)]
+        .set(token, mode="drop")
     )
-    return row, token_of_row, tile_expert
+    return SortedLayout(row, token_of_row, tile_expert, used[None])
 
 
-def _gemv_path(backend, x, expert_ids, weights, w_gate, w_up, w_down, *, block_rows, block_k, interpret):
-    y = backend.gemv(x, expert_ids, w_gate, w_up, w_down, block_rows=block_rows, block_k=block_k, interpret=interpret)
-    return backend.combine(y, weights, interpret=interpret)
+def _gemv_slots(backend, x, expert_ids, w_gate, w_up, w_down, *, block_rows, block_k, interpret):
+    return backend.gemv(
+        x, expert_ids, w_gate, w_up, w_down, block_rows=block_rows, block_k=block_k, interpret=interpret
+    )
 
 
-def _gmm_path(backend, x, expert_ids, weights, w_gate, w_up, w_down, *, block_rows, block_k, interpret):
+def _gmm_slots(backend, x, expert_ids, w_gate, w_up, w_down, *, block_rows, block_k, interpret):
     t, k = expert_ids.shape
-    row, token_of_row, tile_expert = sorted_layout(expert_ids, w_gate.shape[0], block_rows)
-    rows = jnp.where(token_of_row[:, None] >= 0, x[jnp.maximum(token_of_row, 0)], jnp.zeros((), x.dtype))
+    layout = sorted_layout(expert_ids, w_gate.shape[0], block_rows)
+    tok = layout.token_of_row
+    rows = jnp.where(tok[:, None] >= 0, x[jnp.maximum(tok, 0)], jnp.zeros((), x.dtype))
     y = backend.gmm(
-        rows, tile_expert, w_gate, w_up, w_down, block_rows=block_rows, block_k=block_k, interpret=interpret
+        rows,
+        layout.tile_expert,
+        layout.used_tiles,
+        w_gate,
+        w_up,
+        w_down,
+        block_rows=block_rows,
+        block_k=block_k,
+        interpret=interpret,
     )
-    return backend.combine(y[row].reshape(t, k, -1), weights, interpret=interpret)
+    here = reference.is_local(expert_ids.reshape(-1), w_gate.shape[0])
+    return jnp.where(here[:, None], y[layout.row], 0.0).reshape(t, k, -1)  # skipped tiles' rows never read
 
 
-def _variants(path):
+def _variants(slots):
     return {
-        "reference": reference.moe_ffn,
-        "gpu": lambda *a, **kw: path(gpu, *a, **kw),
-        "tpu": lambda *a, **kw: path(tpu, *a, **kw),
+        "reference": reference.expert_slots,
+        "gpu": lambda *a, **kw: slots(gpu, *a, **kw),
+        "tpu": lambda *a, **kw: slots(tpu, *a, **kw),
     }
 
 
-GEMV_VARIANTS, GMM_VARIANTS = _variants(_gemv_path), _variants(_gmm_path)
+GEMV_VARIANTS, GMM_VARIANTS = _variants(_gemv_slots), _variants(_gmm_slots)
+COMBINE_VARIANTS = {
+    "reference": reference.combine,
+    "gpu": gpu.combine,
+    "tpu": tpu.combine,
+}
 
 
-def _call(op, variants, x, expert_ids, weights, w_gate, w_up, w_down, *, config, implementation):
-    x, expert_ids, weights, w_gate, w_up, w_down = map(jnp.asarray, (x, expert_ids, weights, w_gate, w_up, w_down))
+def _check(op, x, expert_ids, w_gate, w_up, w_down, config):
     d, f = w_gate.shape[1], w_gate.shape[2]
     if x.ndim != 2 or x.shape[1] != d or w_up.shape != w_gate.shape or w_down.shape != (w_gate.shape[0], f, d):
         raise ValueError(
             f"{op}: x [T, D], w_gate/w_up [E, D, F], w_down [E, F, D]; got {x.shape}, {w_gate.shape}, {w_down.shape}"
         )
-    if expert_ids.shape != weights.shape or expert_ids.shape[0] != x.shape[0]:
-        raise ValueError(f"{op}: expert_ids and weights must both be [T, k]; got {expert_ids.shape}, {weights.shape}")
+    if expert_ids.ndim != 2 or expert_ids.shape[0] != x.shape[0]:
+        raise ValueError(f"{op}: expert_ids must be [T, k] for x [T, D]; got {expert_ids.shape} for {x.shape}")
     if d % config.block_k or f % config.block_k:
         raise ValueError(f"{op}: D ({d}) and F ({f}) must be multiples of block_k ({config.block_k})")
-    fn = resolve(op, implementation, variants)
+
+
+def _slots_op(op, variants, config, implementation):
+    """The differentiable slot outputs [T, k, D] of kernel `op`: forward by the kernel, backward by
+    `reference.ragged_slots` (input gradient through the transposed weights, weight gradients through
+    transposed grouped matmuls)."""
     kw = {"block_rows": config.block_rows, "block_k": config.block_k}
-    return fn(x, expert_ids.astype(jnp.int32), weights, w_gate, w_up, w_down, **kw)
+
+    @jax.custom_vjp
+    def slots(x, expert_ids, w_gate, w_up, w_down):
+        _check(op, x, expert_ids, w_gate, w_up, w_down, config)
+        return resolve(op, implementation, variants)(x, expert_ids, w_gate, w_up, w_down, **kw)
+
+    def fwd(x, expert_ids, w_gate, w_up, w_down):
+        return slots(x, expert_ids, w_gate, w_up, w_down), (x, expert_ids, w_gate, w_up, w_down)
+
+    def bwd(saved, cotangent):
+        x, expert_ids, *w = saved
+        _, pullback = jax.vjp(lambda x, *w: reference.ragged_slots(x, expert_ids, *w), x, *w)
+        dx, dwg, dwu, dwd = pullback(cotangent)
+        return dx, None, dwg, dwu, dwd
+
+    slots.defvjp(fwd, bwd)
+    return lambda x, expert_ids, *w: slots(jnp.asarray(x), jnp.asarray(expert_ids, jnp.int32), *map(jnp.asarray, w))
+
+
+def moe_combine(y, weights, *, implementation=None) -> jax.Array:
+    """Σ_j weights[t, j] · y[t, j] in float32, slot 0 first: y [T, k, D], weights [T, k] → [T, D]. One
+    program per token; differentiable (the backward pass is `reference.combine`'s)."""
+    y, weights = jnp.asarray(y), jnp.asarray(weights)
+    if y.ndim != 3 or weights.shape != y.shape[:2]:
+        raise ValueError(f"moe_combine: y [T, k, D] and weights [T, k]; got {y.shape}, {weights.shape}")
+
+    @jax.custom_vjp
+    def fn(y, weights):
+        return resolve("moe_combine", implementation, COMBINE_VARIANTS)(y, weights)
+
+    def fwd(y, weights):
+        return fn(y, weights), (y, weights)
+
+    def bwd(saved, cotangent):
+        return jax.vjp(reference.combine, *saved)[1](cotangent)
+
+    fn.defvjp(fwd, bwd)
+    return fn(y.astype(jnp.float32), weights)
+
+
+def moe_gemv_slots(x, expert_ids, w_gate, w_up, w_down, *, config=MoEConfig(), implementation=None) -> jax.Array:
+    """`moe_gemv` before the combine: float32 [T, k, D], zero for ids outside [0, E)."""
+    return _slots_op("moe_gemv", GEMV_VARIANTS, config, implementation)(x, expert_ids, w_gate, w_up, w_down)
+
+
+def moe_gmm_slots(x, expert_ids, w_gate, w_up, w_down, *, config=MoEConfig(), implementation=None) -> jax.Array:
+    """`moe_gmm` before the combine: float32 [T, k, D], zero for ids outside [0, E)."""
+    return _slots_op("moe_gmm", GMM_VARIANTS, config, implementation)(x, expert_ids, w_gate, w_up, w_down)
+
+
+def _check_routing(op, expert_ids, weights):
+    if jnp.shape(weights) != jnp.shape(expert_ids):
+        raise ValueError(
+            f"{op}: expert_ids and weights must both be [T, k]; got {jnp.shape(expert_ids)}, {jnp.shape(weights)}"
+        )
 
 
 def moe_gemv(x, expert_ids, weights, w_gate, w_up, w_down, *, config=MoEConfig(), implementation=None) -> jax.Array:
-    """For decoding: one program per (token, slot) reads only its expert's weights. Differentiable like
-    `moe_gmm` (the backward pass is `reference.ragged_ffn`'s)."""
-    forward = functools.partial(_call, "moe_gemv", GEMV_VARIANTS, config=config, implementation=implementation)
-    return _with_ragged_vjp(forward)(x, expert_ids, weights, w_gate, w_up, w_down)
+    """For decoding: one program per (token, slot) reads only its expert's weights, then the in-order
+    combine. Differentiable (the backward pass is `reference.ragged_slots`')."""
+    _check_routing("moe_gemv", expert_ids, weights)
+    y = moe_gemv_slots(x, expert_ids, w_gate, w_up, w_down, config=config, implementation=implementation)
+    return moe_combine(y, weights, implementation=implementation)
 
 
 def moe_gmm(x, expert_ids, weights, w_gate, w_up, w_down, *, config=MoEConfig(), implementation=None) -> jax.Array:
-    """Differentiable: the backward pass is `reference.ragged_ffn`'s (input gradient through the
-    transposed weights, weight gradients through transposed grouped matmuls), not the kernel's."""
-    forward = functools.partial(_call, "moe_gmm", GMM_VARIANTS, config=config, implementation=implementation)
-    return _with_ragged_vjp(forward)(x, expert_ids, weights, w_gate, w_up, w_down)
-
-
-def _with_ragged_vjp(forward):
-    @jax.custom_vjp
-    def fn(x, expert_ids, weights, w_gate, w_up, w_down):
-        return forward(x, expert_ids, weights, w_gate, w_up, w_down)
-
-    def fwd(x, expert_ids, weights, w_gate, w_up, w_down):
-        return fn(x, expert_ids, weights, w_gate, w_up, w_down), (x, expert_ids, weights, w_gate, w_up, w_down)
-
-    def bwd(saved, cotangent):
-        x, expert_ids, weights, w_gate, w_up, w_down = saved
-        _, pullback = jax.vjp(
-            lambda x, weights, wg, wu, wd: reference.ragged_ffn(x, expert_ids, weights, wg, wu, wd),
-            x,
-            weights,
-            w_gate,
-            w_up,
-            w_down,
-        )
-        dx, dweights, dwg, dwu, dwd = pullback(cotangent)
-        return dx, None, dweights, dwg, dwu, dwd
-
-    fn.defvjp(fwd, bwd)
-    return fn
+    """For training and prefill: assignments sorted by expert into whole tiles, one program per tile,
+    then the in-order combine. Differentiable (the backward pass is `reference.ragged_slots`')."""
+    _check_routing("moe_gmm", expert_ids, weights)
+    y = moe_gmm_slots(x, expert_ids, w_gate, w_up, w_down, config=config, implementation=implementation)
+    return moe_combine(y, weights, implementation=implementation)

@@ -1,8 +1,8 @@
-"""Kernel bodies shared by `moe_gemv` and `moe_gmm` and their GPU/TPU variants.
+"""The slot combine, shared by `moe_gemv` and `moe_gmm` and their GPU/TPU variants.
 
-Both run the same `ffn` on tiles of exactly `block_rows` rows: gemv puts one token in a tile (every
-row the same token), gmm fills tiles with the tokens of one expert. A row's result therefore comes
-from the same operations on the same shapes in both kernels, whichever other rows share its tile.
+Both kernels run the same `reference.ffn` on tiles of exactly `block_rows` rows: gemv puts one token
+in a tile (every row the same token), gmm fills tiles with the tokens of one expert. A row's result
+therefore comes from the same operations on the same shapes in both, whichever rows share its tile.
 """
 
 from __future__ import annotations
@@ -11,11 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels.moe.reference import combine, ffn
-
-
-def ffn_tile(x_tile, wg_ref, wu_ref, wd_ref, o_ref, *, block_k: int) -> None:
-    o_ref[...] = ffn(x_tile, wg_ref[...], wu_ref[...], wd_ref[...], block_k)
+from pallas_kernels.moe.reference import combine
 
 
 def combine_kernel(y_ref, w_ref, o_ref) -> None:

@@ -4,6 +4,10 @@ FFN_e(x) = (silu(x · Wg[e]) ⊙ (x · Wu[e])) · Wd[e], with x [T, D], Wg, Wu [
 The matmuls run in x's dtype with float32 accumulation over fixed blocks of `block_k` along the
 reduction (D for the first two, F for the last), in order; the hidden h is cast back to x's dtype;
 the k slots are combined in float32, slot 0 first. The result is float32 [T, D].
+
+An assignment whose expert id is outside [0, E) is not computed and its slot output is exactly zero:
+under expert parallelism each shard holds E/ep experts and passes ids relative to its first one, so
+the other shards' assignments drop out here and their slots are filled in by theirs.
 """
 
 from __future__ import annotations
@@ -35,19 +39,40 @@ def combine(y: jax.Array, weights: jax.Array) -> jax.Array:
     return out
 
 
-def moe_ffn(x, expert_ids, weights, w_gate, w_up, w_down, *, block_rows: int, block_k: int) -> jax.Array:
-    """Every (token, slot) through its expert, one at a time (the arithmetic, not a fast path)."""
+def is_local(expert_ids: jax.Array, n_experts: int) -> jax.Array:
+    """Which assignments name one of the experts [0, n_experts) held here."""
+    return (expert_ids >= 0) & (expert_ids < n_experts)
+
+
+def stable_argsort(keys: jax.Array) -> jax.Array:
+    """The stable sort permutation of 1-D int keys. `lax.sort`, not `jnp.argsort`: inside `shard_map`
+    on JAX 0.10 `jnp.argsort` drops the varying-manual-axes type of its result."""
+    iota = jnp.arange(keys.shape[0], dtype=jnp.int32)
+    return jax.lax.sort((keys.astype(jnp.int32), iota), num_keys=1, is_stable=True)[1]
+
+
+def expert_slots(x, expert_ids, w_gate, w_up, w_down, *, block_rows: int, block_k: int) -> jax.Array:
+    """Every (token, slot) through its expert, one at a time: float32 [T, k, D] (the arithmetic, not a
+    fast path)."""
     del block_rows
+    e = w_gate.shape[0]
+    here = is_local(expert_ids, e)
+    ids = jnp.where(here, expert_ids, 0)
     per_slot = jax.vmap(  # over tokens
         jax.vmap(  # over slots
             lambda xt, e: ffn(xt[None], w_gate[e], w_up[e], w_down[e], block_k)[0], in_axes=(None, 0)
         )
-    )(x, expert_ids)
-    return combine(per_slot, weights)
+    )(x, ids)
+    return jnp.where(here[..., None], per_slot, 0.0)
+
+
+def moe_ffn(x, expert_ids, weights, w_gate, w_up, w_down, *, block_rows: int, block_k: int) -> jax.Array:
+    return combine(expert_slots(x, expert_ids, w_gate, w_up, w_down, block_rows=block_rows, block_k=block_k), weights)
 
 
 def dense_reference(x, expert_ids, weights, w_gate, w_up, w_down) -> jax.Array:
-    """All experts on all tokens in float64-free plain jnp, combined with one-hot routing weights: the oracle."""
+    """All experts on all tokens in float32 plain jnp, combined with one-hot routing weights: the oracle
+    (an id outside [0, E) one-hots to zeros, so it contributes nothing)."""
     e = w_gate.shape[0]
     combine_w = jnp.einsum("tke,tk->te", jax.nn.one_hot(expert_ids, e, dtype=jnp.float32), weights.astype(jnp.float32))
     xf = x.astype(jnp.float32)
@@ -56,18 +81,27 @@ def dense_reference(x, expert_ids, weights, w_gate, w_up, w_down) -> jax.Array:
     return jnp.einsum("etd,te->td", y, combine_w)
 
 
-def ragged_ffn(x, expert_ids, weights, w_gate, w_up, w_down) -> jax.Array:
-    """The same FFN through `jax.lax.ragged_dot` over tokens sorted by expert: differentiable by JAX, so
-    it serves as `moe_gmm`'s backward pass (its numerics agree with the kernels to float tolerance)."""
+def ragged_slots(x, expert_ids, w_gate, w_up, w_down) -> jax.Array:
+    """The slot outputs float32 [T, k, D] through `jax.lax.ragged_dot` over tokens sorted by expert:
+    differentiable by JAX, so it is the kernels' backward pass (its numerics agree with theirs to float
+    tolerance). Non-local assignments sort last, past Σ group sizes, where ragged_dot leaves zeros."""
     t, k = expert_ids.shape
+    e = w_gate.shape[0]
     flat = expert_ids.reshape(-1)
-    order = jnp.argsort(flat, stable=True)
-    sizes = jnp.bincount(flat, length=w_gate.shape[0]).astype(jnp.int32)
+    here = is_local(flat, e)
+    key = jnp.where(here, flat, e)
+    order = stable_argsort(key)
+    sizes = jnp.bincount(key, length=e + 1)[:e].astype(jnp.int32)
     dt = x.dtype
-    rows = x[order // k]
+    rows = jnp.take(x, order // k, axis=0)
     gate = jax.lax.ragged_dot(rows, w_gate.astype(dt), sizes, preferred_element_type=jnp.float32)
     up = jax.lax.ragged_dot(rows, w_up.astype(dt), sizes, preferred_element_type=jnp.float32)
     h = (jax.nn.silu(gate) * up).astype(dt)
     y = jax.lax.ragged_dot(h, w_down.astype(dt), sizes, preferred_element_type=jnp.float32)
-    y = jnp.zeros_like(y).at[order].set(y).reshape(t, k, -1)
-    return combine(y, weights)
+    y = jnp.where(jnp.take(here, order)[:, None], y, 0.0)
+    return jnp.zeros_like(y).at[order].set(y).reshape(t, k, -1)
+
+
+def ragged_ffn(x, expert_ids, weights, w_gate, w_up, w_down) -> jax.Array:
+    """The whole FFN through `jax.lax.ragged_dot` (the peer the kernels are measured against)."""
+    return combine(ragged_slots(x, expert_ids, w_gate, w_up, w_down), weights)
