@@ -220,7 +220,7 @@ class KernelsConfig:
     tile_n: int = 128
     tile_k: int = 128
     moe_block_rows: int = 8  # rows per tile of the MoE kernels (gemv fills one with a token)
-    moe_block_k: int = 128  # their reduction block (must divide model.d_model and model.expert_mlp)
+    moe_block_k: int = 128  # their weight tiles are moe_block_k square (must divide d_model and expert_mlp)
     # auto dispatch: moe_gemv up to this many tokens per call, moe_gmm above (no measured crossover yet)
     moe_gemv_max_tokens: int = 32
 

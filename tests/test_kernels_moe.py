@@ -81,13 +81,13 @@ def test_sorted_layout_pads_each_expert_to_whole_tiles():
     assert row.tolist() == [4, 0, 5, 2, 6, 1]
     assert token_of_row.tolist() == [0, 2, 1, -1, 0, 1, 2, -1] + [-1] * 6
     # 4 used tiles of 7; the unused ones repeat the last used expert (no new weights to fetch)
-    assert int(layout.used_tiles[0]) == 4 and tile_expert.tolist() == [0, 1, 2, 2, 2, 2, 2]
+    assert int(layout.used_tiles) == 4 and tile_expert.tolist() == [0, 1, 2, 2, 2, 2, 2]
 
 
 def test_sorted_layout_leaves_out_non_local_experts():
     ids = np.array([[2, -1], [5, 1], [-3, 4]], np.int32)  # 4 experts here: ids -1, 5, -3 and 4 are elsewhere
     layout = api.sorted_layout(ids, 4, block_rows=2)
-    assert int(layout.used_tiles[0]) == 2  # expert 1 (token 1) and expert 2 (token 0), one tile each
+    assert int(layout.used_tiles) == 2  # expert 1 (token 1) and expert 2 (token 0), one tile each
     assert np.asarray(layout.tile_expert).tolist() == [1, 2, 2, 2, 2, 2, 2]  # 3 + 4 tiles
     assert np.asarray(layout.token_of_row).tolist() == [1, -1, 0, -1] + [-1] * 10
     assert np.asarray(layout.row)[[0, 2]].tolist() == [2, 0]

@@ -29,7 +29,7 @@ from pallas_kernels.registry import resolve
 @dataclasses.dataclass(frozen=True)
 class MoEConfig:
     block_rows: int = 8  # rows per tile in both kernels (gemv fills a tile with one token)
-    block_k: int = 128  # reduction block along D and F
+    block_k: int = 128  # weights are read in block_k × block_k tiles: the reduction and column block
 
     def __post_init__(self):
         if self.block_rows <= 0 or self.block_k <= 0:
@@ -40,7 +40,7 @@ class SortedLayout(NamedTuple):
     row: jax.Array  # [T·k] the padded row of each assignment (a non-local one: 0, never read)
     token_of_row: jax.Array  # [R] the token in each padded row (-1: padding)
     tile_expert: jax.Array  # [R / block_rows] each tile's expert (unused tiles: the last used one's)
-    used_tiles: jax.Array  # int32 [1]: tiles [0, used_tiles) hold assignments; the rest are skipped
+    used_tiles: jax.Array  # int32: tiles [0, used_tiles) hold assignments; the rest are skipped
 
 
 def sorted_layout(expert_ids: jax.Array, n_experts: int, block_rows: int) -> SortedLayout:
@@ -73,13 +73,48 @@ def sorted_layout(expert_ids: jax.Array, n_experts: int, block_rows: int) -> Sor
         .at[jnp.where(here, row, n_tiles * block_rows)]
         .set(token, mode="drop")
     )
-    return SortedLayout(row, token_of_row, tile_expert, used[None])
+    return SortedLayout(row, token_of_row, tile_expert, used)
+
+
+def fetch_order(flat_ids: jax.Array, n_experts: int) -> jax.Array:
+    """The expert each gemv program names: its own, or for a program with a non-local id the last local
+    one before it (the first local one at the start), so a pipeline that skips unchanged block
+    indices (TPU) fetches nothing for it. In [0, n_experts) whatever the ids."""
+    here = reference.is_local(flat_ids, n_experts)
+    last_local = jax.lax.cummax(jnp.where(here, jnp.arange(flat_ids.shape[0]), -1))
+    fetch = flat_ids[jnp.where(last_local >= 0, last_local, jnp.argmax(here))]
+    return jnp.clip(fetch, 0, n_experts - 1).astype(jnp.int32)
+
+
+def _ffn(backend, rows, expert, row, live, w_gate, w_up, w_down, *, repeat_row, block_rows, block_k, interpret):
+    """The SwiGLU as two `expert_matmul` calls: the hidden h (x's dtype), then h · Wd (float32)."""
+    kw = {"repeat_row": repeat_row, "block_rows": block_rows, "block_k": block_k, "interpret": interpret}
+    h = backend.expert_matmul(rows, (w_gate, w_up), expert, row, live, out_dtype=rows.dtype, silu=True, **kw)
+    if repeat_row:  # gemv: h has one row per program; the down projection's program p reads row p
+        row = jnp.arange(expert.shape[0], dtype=jnp.int32)
+    return backend.expert_matmul(h, (w_down,), expert, row, live, out_dtype=jnp.float32, silu=False, **kw)
 
 
 def _gemv_slots(backend, x, expert_ids, w_gate, w_up, w_down, *, block_rows, block_k, interpret):
-    return backend.gemv(
-        x, expert_ids, w_gate, w_up, w_down, block_rows=block_rows, block_k=block_k, interpret=interpret
+    t, k = expert_ids.shape
+    flat = expert_ids.reshape(-1)
+    live = reference.is_local(flat, w_gate.shape[0]).astype(jnp.int32)
+    token = jnp.arange(t * k, dtype=jnp.int32) // k
+    y = _ffn(
+        backend,
+        x,
+        fetch_order(flat, w_gate.shape[0]),
+        token,
+        live,
+        w_gate,
+        w_up,
+        w_down,
+        repeat_row=True,
+        block_rows=block_rows,
+        block_k=block_k,
+        interpret=interpret,
     )
+    return y.reshape(t, k, -1)  # programs that were not live wrote zeros
 
 
 def _gmm_slots(backend, x, expert_ids, w_gate, w_up, w_down, *, block_rows, block_k, interpret):
@@ -87,19 +122,24 @@ def _gmm_slots(backend, x, expert_ids, w_gate, w_up, w_down, *, block_rows, bloc
     layout = sorted_layout(expert_ids, w_gate.shape[0], block_rows)
     tok = layout.token_of_row
     rows = jnp.where(tok[:, None] >= 0, x[jnp.maximum(tok, 0)], jnp.zeros((), x.dtype))
-    y = backend.gmm(
+    n_tiles = layout.tile_expert.shape[0]
+    tiles = jnp.arange(n_tiles, dtype=jnp.int32)
+    y = _ffn(
+        backend,
         rows,
         layout.tile_expert,
-        layout.used_tiles,
+        tiles,
+        (tiles < layout.used_tiles).astype(jnp.int32),
         w_gate,
         w_up,
         w_down,
+        repeat_row=False,
         block_rows=block_rows,
         block_k=block_k,
         interpret=interpret,
     )
     here = reference.is_local(expert_ids.reshape(-1), w_gate.shape[0])
-    return jnp.where(here[:, None], y[layout.row], 0.0).reshape(t, k, -1)  # skipped tiles' rows never read
+    return jnp.where(here[:, None], y[layout.row], 0.0).reshape(t, k, -1)
 
 
 def _variants(slots):

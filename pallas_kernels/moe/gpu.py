@@ -1,9 +1,12 @@
 """MoE expert FFN kernels for GPUs: Pallas with the Triton lowering (`interpret=True` on CPU).
 
-The expert weights stay whole in memory; a program indexes its expert (`w_ref[e]`), so only the
-selected experts' weights are read. `gemv`: one program per (token, slot), writing zeros for an
-expert id outside [0, E). `gmm`: one program per tile of `block_rows` sorted rows, all of one expert;
-tiles past the used ones return at once. `combine`: one program per token.
+One kernel, `expert_matmul`, serves both `moe_gemv` and `moe_gmm`: a program computes one
+block_k-wide column block of `tile @ W[e]` for one tile of rows and its expert e, streaming W[e]'s
+[block_k, block_k] blocks along the reduction in order (the expert weights stay whole in memory and
+are only read where a program loads them, so only the selected experts' weights move). A gemv tile
+is one row repeated `block_rows` times (one program per (token, slot)); a gmm tile is `block_rows`
+sorted rows of one expert. Programs marked not live (another shard's expert, a padding-only tile)
+write zeros without reading weights.
 """
 
 from __future__ import annotations
@@ -14,75 +17,68 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels.moe.kernel import combine_call
-from pallas_kernels.moe.reference import ffn
+from pallas_kernels.moe.kernel import combine_call, epilogue
 
 
 def _whole(shape):
     return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
 
 
-def _gemv_kernel(ids_ref, x_ref, wg_ref, wu_ref, wd_ref, y_ref, *, block_rows, block_k):
-    e = ids_ref[pl.program_id(0), pl.program_id(1)]
-    here = (e >= 0) & (e < wg_ref.shape[0])
+def _kernel(expert_ref, row_ref, live_ref, x_ref, *refs, block_rows, block_k, repeat_row, silu):
+    *w_refs, o_ref = refs
+    p, n = pl.program_id(0), pl.program_id(1)
+    live = live_ref[p] != 0
 
-    @pl.when(here)
+    @pl.when(live)
     def _():
-        x_tile = jnp.broadcast_to(x_ref[...], (block_rows, x_ref.shape[-1]))  # the token in every row
-        y_ref[...] = ffn(x_tile, wg_ref[e], wu_ref[e], wd_ref[e], block_k)[0]
+        e = expert_ref[p]
+        columns = pl.ds(pl.multiple_of(n * block_k, block_k), block_k)
 
-    @pl.when(jnp.logical_not(here))
+        def step(kb, accs):
+            lo = pl.multiple_of(kb * block_k, block_k)
+            if repeat_row:
+                tile = jnp.broadcast_to(x_ref[pl.ds(row_ref[p], 1), pl.ds(lo, block_k)], (block_rows, block_k))
+            else:
+                tile = x_ref[pl.ds(row_ref[p] * block_rows, block_rows), pl.ds(lo, block_k)]
+            return tuple(
+                acc + jnp.dot(tile, w[e, pl.ds(lo, block_k), columns], preferred_element_type=jnp.float32)
+                for acc, w in zip(accs, w_refs, strict=True)
+            )
+
+        zeros = tuple(jnp.zeros((block_rows, block_k), jnp.float32) for _ in w_refs)
+        accs = jax.lax.fori_loop(0, x_ref.shape[1] // block_k, step, zeros)
+        o_ref[...] = epilogue(accs, silu)[: o_ref.shape[0]].astype(o_ref.dtype)
+
+    @pl.when(jnp.logical_not(live))
     def _():
-        y_ref[...] = jnp.zeros_like(y_ref)
+        o_ref[...] = jnp.zeros_like(o_ref)
 
 
-def gemv(x, expert_ids, w_gate, w_up, w_down, *, block_rows, block_k, interpret=False):
-    t, d = x.shape
-    k = expert_ids.shape[1]
+def expert_matmul(x, weights, expert, row, live, *, out_dtype, silu, repeat_row, block_rows, block_k, interpret=False):
+    """out = tile(p) @ W[expert[p]] for every program p (see `kernel.epilogue` for `silu`).
+
+    x [rows, K]; weights: one or two [E, K, N]; expert, row, live: int32 [P]. With `repeat_row`,
+    program p's tile is x[row[p]] repeated and out is [P, N]; otherwise it is x[row[p]·block_rows :
+    (row[p]+1)·block_rows] and out is [P·block_rows, N].
+    """
+    n_programs, n_dim = expert.shape[0], weights[0].shape[2]
+    out_rows = 1 if repeat_row else block_rows
+    kernel = functools.partial(_kernel, block_rows=block_rows, block_k=block_k, repeat_row=repeat_row, silu=silu)
     return pl.pallas_call(
-        functools.partial(_gemv_kernel, block_rows=block_rows, block_k=block_k),
-        grid=(t, k),
+        kernel,
+        grid=(n_programs, n_dim // block_k),
         in_specs=[
-            _whole(expert_ids.shape),
-            pl.BlockSpec((1, d), lambda i, j: (i, 0)),
-            _whole(w_gate.shape),
-            _whole(w_up.shape),
-            _whole(w_down.shape),
+            _whole(expert.shape),
+            _whole(row.shape),
+            _whole(live.shape),
+            _whole(x.shape),
+            *(_whole(w.shape) for w in weights),
         ],
-        out_specs=pl.BlockSpec((None, None, d), lambda i, j: (i, j, 0)),
-        out_shape=jax.ShapeDtypeStruct((t, k, d), jnp.float32),
+        out_specs=pl.BlockSpec((out_rows, block_k), lambda p, n: (p, n)),
+        out_shape=jax.ShapeDtypeStruct((n_programs * out_rows, n_dim), out_dtype),
         interpret=interpret,
-        name="moe_gemv",
-    )(expert_ids, x, w_gate, w_up, w_down)
-
-
-def _gmm_kernel(tile_expert_ref, used_ref, x_ref, wg_ref, wu_ref, wd_ref, o_ref, *, block_k):
-    i = pl.program_id(0)
-
-    @pl.when(i < used_ref[0])  # tiles past the last group hold only padding: their rows are never read
-    def _():
-        e = tile_expert_ref[i]
-        o_ref[...] = ffn(x_ref[...], wg_ref[e], wu_ref[e], wd_ref[e], block_k)
-
-
-def gmm(rows, tile_expert, used_tiles, w_gate, w_up, w_down, *, block_rows, block_k, interpret=False):
-    n, d = rows.shape
-    return pl.pallas_call(
-        functools.partial(_gmm_kernel, block_k=block_k),
-        grid=(n // block_rows,),
-        in_specs=[
-            _whole(tile_expert.shape),
-            _whole(used_tiles.shape),
-            pl.BlockSpec((block_rows, d), lambda i: (i, 0)),
-            _whole(w_gate.shape),
-            _whole(w_up.shape),
-            _whole(w_down.shape),
-        ],
-        out_specs=pl.BlockSpec((block_rows, d), lambda i: (i, 0)),
-        out_shape=jax.ShapeDtypeStruct((n, d), jnp.float32),
-        interpret=interpret,
-        name="moe_gmm",
-    )(tile_expert, used_tiles, rows, w_gate, w_up, w_down)
+        name="moe_expert_matmul",
+    )(expert, row, live, x, *weights)
 
 
 def combine(y, weights, *, interpret=False):

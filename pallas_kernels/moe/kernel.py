@@ -1,8 +1,9 @@
-"""The slot combine, shared by `moe_gemv` and `moe_gmm` and their GPU/TPU variants.
+"""What the GPU and TPU variants share: the matmul epilogue and the slot combine.
 
-Both kernels run the same `reference.ffn` on tiles of exactly `block_rows` rows: gemv puts one token
-in a tile (every row the same token), gmm fills tiles with the tokens of one expert. A row's result
-therefore comes from the same operations on the same shapes in both, whichever rows share its tile.
+`moe_gemv` and `moe_gmm` run the same `expert_matmul` on tiles of exactly `block_rows` rows: gemv
+puts one token in a tile (every row the same token), gmm fills tiles with the tokens of one expert.
+A row's result therefore comes from the same operations on the same shapes in both, whichever rows
+share its tile.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels.moe.reference import combine
+
+
+def epilogue(accs: tuple[jax.Array, ...], silu: bool) -> jax.Array:
+    """The gate and up products → the SwiGLU hidden silu(g) · u (`silu`); else the one product."""
+    return jax.nn.silu(accs[0]) * accs[1] if silu else accs[0]
 
 
 def combine_kernel(y_ref, w_ref, o_ref) -> None:

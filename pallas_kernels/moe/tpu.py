@@ -1,9 +1,11 @@
 """MoE expert FFN kernels for TPUs: Pallas Mosaic (`pltpu.InterpretParams()` on CPU).
 
-Expert ids (gemv) and each tile's expert (gmm) are scalar-prefetched into SMEM and drive the weight
-BlockSpecs' index maps, so only the selected experts' weights are copied into VMEM. Programs with
-nothing to do (a non-local expert id in gemv, a padding-only tile in gmm) name the block already
-resident, so they cost no copy.
+The same `expert_matmul` as the GPU variant, pipelined by BlockSpecs: grid (program, column block,
+reduction block), the reduction innermost, accumulated in float32 VMEM scratch. Each program's
+expert, row and liveness are scalar-prefetched into SMEM and drive the index maps, so only the
+selected experts' [block_k, block_k] weight blocks are copied into VMEM. A program that is not live
+names the block its predecessor ended on (`api.fetch_order` gives it that expert), and the
+pipeline, which skips a copy whose block index is unchanged, moves no weights for it.
 """
 
 from __future__ import annotations
@@ -15,93 +17,66 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.moe.kernel import combine_call
-from pallas_kernels.moe.reference import ffn
+from pallas_kernels.moe.kernel import combine_call, epilogue
 
 
 def _interpret(interpret: bool) -> dict:
     return {"interpret": pltpu.InterpretParams()} if interpret else {}
 
 
-def _gemv_kernel(ids_ref, fetch_ref, x_ref, wg_ref, wu_ref, wd_ref, y_ref, *, n_experts, block_rows, block_k):
-    del fetch_ref
-    e = ids_ref[pl.program_id(0) * pl.num_programs(1) + pl.program_id(1)]
-    here = (e >= 0) & (e < n_experts)
+def _kernel(expert_ref, row_ref, live_ref, x_ref, *refs, n_weights, block_rows, repeat_row, silu):
+    del expert_ref, row_ref
+    w_refs, o_ref, acc_refs = refs[:n_weights], refs[n_weights], refs[n_weights + 1 :]
+    live = live_ref[pl.program_id(0)] != 0
+    kb = pl.program_id(2)
 
-    @pl.when(here)
+    @pl.when(kb == 0)
     def _():
-        x_tile = jnp.broadcast_to(x_ref[...], (block_rows, x_ref.shape[-1]))
-        y_ref[...] = ffn(x_tile, wg_ref[...], wu_ref[...], wd_ref[...], block_k)[:1]
+        for acc in acc_refs:
+            acc[...] = jnp.zeros_like(acc)
 
-    @pl.when(jnp.logical_not(here))
+    @pl.when(live)
     def _():
-        y_ref[...] = jnp.zeros_like(y_ref)
+        tile = x_ref[...]
+        if repeat_row:
+            tile = jnp.broadcast_to(tile, (block_rows, tile.shape[1]))
+        for acc, w in zip(acc_refs, w_refs, strict=True):
+            acc[...] = acc[...] + jnp.dot(tile, w[...], preferred_element_type=jnp.float32)
 
-
-def fetch_order(flat_ids: jax.Array, n_experts: int) -> jax.Array:
-    """The expert each program's weight blocks name: its own, or for a skipped (non-local) program the
-    last one fetched before it (the first local one at the start), so the pipeline, which skips a copy
-    whose block index is unchanged, moves no weights for skipped programs."""
-    here = (flat_ids >= 0) & (flat_ids < n_experts)
-    position = jnp.arange(flat_ids.shape[0])
-    last_local = jax.lax.cummax(jnp.where(here, position, -1))
-    first_local = jnp.argmax(here)
-    return jnp.where(here, flat_ids, flat_ids[jnp.where(last_local >= 0, last_local, first_local)])
-
-
-def gemv(x, expert_ids, w_gate, w_up, w_down, *, block_rows, block_k, interpret=False):
-    t, d = x.shape
-    k = expert_ids.shape[1]
-    n_experts, _, f = w_gate.shape
-    flat = expert_ids.reshape(-1)
-    fetch = jnp.clip(fetch_order(flat, n_experts), 0, n_experts - 1)
-    weight_block = lambda shape: pl.BlockSpec((None, *shape), lambda i, j, ids, fetch: (fetch[i * k + j], 0, 0))
-    y = pl.pallas_call(
-        functools.partial(_gemv_kernel, n_experts=n_experts, block_rows=block_rows, block_k=block_k),
-        grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=2,
-            grid=(t, k),
-            in_specs=[
-                pl.BlockSpec((1, d), lambda i, j, ids, fetch: (i, 0)),
-                weight_block((d, f)),
-                weight_block((d, f)),
-                weight_block((f, d)),
-            ],
-            out_specs=pl.BlockSpec((None, 1, d), lambda i, j, ids, fetch: (i * k + j, 0, 0)),
-        ),
-        out_shape=jax.ShapeDtypeStruct((t * k, 1, d), jnp.float32),
-        name="moe_gemv",
-        **_interpret(interpret),
-    )(flat, fetch, x, w_gate, w_up, w_down)
-    return y.reshape(t, k, d)
-
-
-def _gmm_kernel(tile_expert_ref, used_ref, x_ref, wg_ref, wu_ref, wd_ref, o_ref, *, block_k):
-    @pl.when(pl.program_id(0) < used_ref[0])  # padding-only tiles: skipped, their rows never read
+    @pl.when(kb == pl.num_programs(2) - 1)
     def _():
-        o_ref[...] = ffn(x_ref[...], wg_ref[...], wu_ref[...], wd_ref[...], block_k)
+        out = epilogue(tuple(acc[...] for acc in acc_refs), silu)[: o_ref.shape[0]]
+        o_ref[...] = jnp.where(live, out, 0.0).astype(o_ref.dtype)
 
 
-def gmm(rows, tile_expert, used_tiles, w_gate, w_up, w_down, *, block_rows, block_k, interpret=False):
-    n, d = rows.shape
-    f = w_gate.shape[2]
+def expert_matmul(x, weights, expert, row, live, *, out_dtype, silu, repeat_row, block_rows, block_k, interpret=False):
+    """See `gpu.expert_matmul`: the same arguments and result."""
+    n_programs, (_, k_dim, n_dim) = expert.shape[0], weights[0].shape
+    n_k, n_n = k_dim // block_k, n_dim // block_k
+    out_rows = 1 if repeat_row else block_rows
+
+    def weight_block(p, n, kb, expert, row, live):
+        # not live: stay on the block the previous program ended on (its last column and K block)
+        here = live[p] != 0
+        return expert[p], jnp.where(here, kb, n_k - 1), jnp.where(here, n, n_n - 1)
+
+    kernel = functools.partial(_kernel, n_weights=len(weights), block_rows=block_rows, repeat_row=repeat_row, silu=silu)
     return pl.pallas_call(
-        functools.partial(_gmm_kernel, block_k=block_k),
+        kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=2,
-            grid=(n // block_rows,),
+            num_scalar_prefetch=3,
+            grid=(n_programs, n_n, n_k),
             in_specs=[
-                pl.BlockSpec((block_rows, d), lambda i, te, used: (i, 0)),
-                pl.BlockSpec((None, d, f), lambda i, te, used: (te[i], 0, 0)),
-                pl.BlockSpec((None, d, f), lambda i, te, used: (te[i], 0, 0)),
-                pl.BlockSpec((None, f, d), lambda i, te, used: (te[i], 0, 0)),
+                pl.BlockSpec((out_rows, block_k), lambda p, n, kb, expert, row, live: (row[p], kb)),
+                *(pl.BlockSpec((None, block_k, block_k), weight_block) for _ in weights),
             ],
-            out_specs=pl.BlockSpec((block_rows, d), lambda i, te, used: (i, 0)),
+            out_specs=pl.BlockSpec((out_rows, block_k), lambda p, n, kb, expert, row, live: (p, n)),
+            scratch_shapes=[pltpu.VMEM((block_rows, block_k), jnp.float32) for _ in weights],
         ),
-        out_shape=jax.ShapeDtypeStruct((n, d), jnp.float32),
-        name="moe_gmm",
+        out_shape=jax.ShapeDtypeStruct((n_programs * out_rows, n_dim), out_dtype),
+        name="moe_expert_matmul",
         **_interpret(interpret),
-    )(tile_expert, used_tiles, rows, w_gate, w_up, w_down)
+    )(expert, row, live, x, *weights)
 
 
 def combine(y, weights, *, interpret=False):
