@@ -57,7 +57,7 @@ def test_moe_kernels_match_the_dense_reference(implementation, e, k, routing):
 @pytest.mark.parametrize("implementation", [*PALLAS_CPU, *DEVICE])
 def test_gemv_and_gmm_agree_bit_for_bit_whatever_the_batch(implementation):
     rng = np.random.default_rng(0)
-    for trial in range(4):  # several random routings, token counts and expert counts
+    for trial in range(3):  # several random routings, token counts and expert counts
         t, e, k = int(rng.integers(1, 20)), int(rng.choice([4, 8, 16])), int(rng.choice([1, 2]))
         args = _case(100 + trial, t, e, k)
         gemv = np.asarray(api.moe_gemv(*args, config=CONFIG, implementation=implementation))

@@ -53,30 +53,35 @@ def expert_matmul(x, weights, expert, row, live, *, out_dtype, silu, repeat_row,
     """See `gpu.expert_matmul`: the same arguments and result."""
     n_programs, (_, k_dim, n_dim) = expert.shape[0], weights[0].shape
     n_k, n_n = k_dim // block_k, n_dim // block_k
-    out_rows = 1 if repeat_row else block_rows
 
     def weight_block(p, n, kb, expert, row, live):
         # not live: stay on the block the previous program ended on (its last column and K block)
         here = live[p] != 0
         return expert[p], jnp.where(here, kb, n_k - 1), jnp.where(here, n, n_n - 1)
 
+    if repeat_row:  # one row per block: as [rows, 1, K] so the block's last two dims are whole or 128s
+        x_spec = pl.BlockSpec((None, 1, block_k), lambda p, n, kb, expert, row, live: (row[p], 0, kb))
+        out_spec = pl.BlockSpec((None, 1, block_k), lambda p, n, kb, expert, row, live: (p, 0, n))
+        x, out_shape = x[:, None, :], (n_programs, 1, n_dim)
+    else:
+        x_spec = pl.BlockSpec((block_rows, block_k), lambda p, n, kb, expert, row, live: (row[p], kb))
+        out_spec = pl.BlockSpec((block_rows, block_k), lambda p, n, kb, expert, row, live: (p, n))
+        out_shape = (n_programs * block_rows, n_dim)
     kernel = functools.partial(_kernel, n_weights=len(weights), block_rows=block_rows, repeat_row=repeat_row, silu=silu)
-    return pl.pallas_call(
+    out = pl.pallas_call(
         kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=3,
             grid=(n_programs, n_n, n_k),
-            in_specs=[
-                pl.BlockSpec((out_rows, block_k), lambda p, n, kb, expert, row, live: (row[p], kb)),
-                *(pl.BlockSpec((None, block_k, block_k), weight_block) for _ in weights),
-            ],
-            out_specs=pl.BlockSpec((out_rows, block_k), lambda p, n, kb, expert, row, live: (p, n)),
+            in_specs=[x_spec, *(pl.BlockSpec((None, block_k, block_k), weight_block) for _ in weights)],
+            out_specs=out_spec,
             scratch_shapes=[pltpu.VMEM((block_rows, block_k), jnp.float32) for _ in weights],
         ),
-        out_shape=jax.ShapeDtypeStruct((n_programs * out_rows, n_dim), out_dtype),
+        out_shape=jax.ShapeDtypeStruct(out_shape, out_dtype),
         name="moe_expert_matmul",
         **_interpret(interpret),
     )(expert, row, live, x, *weights)
+    return out.reshape(-1, n_dim)
 
 
 def combine(y, weights, *, interpret=False):
