@@ -15,6 +15,11 @@ from interaction_jax.config import KernelsConfig
 FAST = KernelsConfig()
 
 
+def _kernel_implementation() -> str:
+    """The Pallas kernels compiled on GPU/TPU, interpreted elsewhere."""
+    return "pallas" if jax.default_backend() in ("gpu", "tpu") else "interpret"
+
+
 def implementation(kc: KernelsConfig, op: str) -> str:
     """ "xla" or a `pallas_kernels` implementation name for `op` (attention, matmul, norm) under `kc`."""
     choice = getattr(kc, op)
@@ -22,7 +27,7 @@ def implementation(kc: KernelsConfig, op: str) -> str:
         return choice
     if kc.alignment == "fast":
         return "xla"
-    return "pallas" if jax.default_backend() in ("gpu", "tpu") else "interpret"
+    return _kernel_implementation()
 
 
 def matmul(x: jax.Array, w: jax.Array, kc: KernelsConfig) -> jax.Array:
@@ -87,10 +92,6 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array, kc:
     return pallas_kernels.split_kv_attention(q, k, v, query_slots, kv_lengths, config=split, implementation=impl)
 
 
-def _moe_implementation() -> str:
-    return "pallas" if jax.default_backend() in ("gpu", "tpu") else "interpret"
-
-
 def moe_expert_slots(x, expert_ids, w_gate, w_up, w_down, dispatch: str, kc: KernelsConfig) -> jax.Array:
     """The `pallas_kernels` MoE slot outputs float32 [N, k, D] for x [N, D]: `gemv`, `gmm`, or `auto`
     (gemv for at most `kc.moe_gemv_max_tokens` tokens: the count is static, so the choice is made at
@@ -101,9 +102,9 @@ def moe_expert_slots(x, expert_ids, w_gate, w_up, w_down, dispatch: str, kc: Ker
     op = pallas_kernels.moe_gemv_slots if dispatch == "gemv" else pallas_kernels.moe_gmm_slots
     config = pallas_kernels.MoEConfig(kc.moe_block_rows, kc.moe_block_k)
     w = (a.astype(x.dtype) for a in (w_gate, w_up, w_down))
-    return op(x, expert_ids, *w, config=config, implementation=_moe_implementation())
+    return op(x, expert_ids, *w, config=config, implementation=_kernel_implementation())
 
 
 def moe_combine(y: jax.Array, weights: jax.Array) -> jax.Array:
     """Σ_j weights[n, j] · y[n, j] in float32, slot 0 first (the kernels' combine)."""
-    return pallas_kernels.moe_combine(y, weights, implementation=_moe_implementation())
+    return pallas_kernels.moe_combine(y, weights, implementation=_kernel_implementation())
