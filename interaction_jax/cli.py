@@ -29,8 +29,13 @@ flags.DEFINE_integer("seed", 0, "data preview: the episode seed; talk: the sessi
 flags.DEFINE_enum("split", "train", ["train", "heldout"], "data preview: voices and sentences of this split")
 flags.DEFINE_string("out", None, "output folder (default: preview/ for data preview, demo/ for demo, <workdir>/eval)")
 flags.DEFINE_string("workdir", None, "train/eval: the run's folder (checkpoints, metrics.jsonl); sweep: the root")
-flags.DEFINE_float("max-minutes", None, "demo: wall-time budget (default 10); train: stop (with a checkpoint) after it")
-flags.DEFINE_integer("episodes", 2, "demo/eval: held-out episodes per scenario")
+flags.DEFINE_float(
+    "max-minutes",
+    None,
+    "demo: safety cap on its wall time (default 25; it trains a fixed step count); train: stop after it",
+)
+flags.DEFINE_integer("episodes", 4, "demo/eval: held-out episodes per scenario")
+flags.DEFINE_integer("seeds", 2, "demo/eval: rollout (sampling) seeds per episode")
 flags.DEFINE_integer("profile", 0, "train: write a JAX profiler trace of this many steps to <workdir>/profile")
 flags.DEFINE_bool("progress", True, "show progress bars")
 flags.DEFINE_bool("distributed", False, "train: join a multi-host run (jax.distributed.initialize; TPU pods, Slurm)")
@@ -108,20 +113,46 @@ def _require_workdir(command: str) -> str:
     return FLAGS.workdir
 
 
+def _load_checkpoint(workdir: str):
+    """(config, params, step) of a workdir's checkpoint for eval and serve, with the --set overrides on top:
+    the checkpoint fixes the model and stream, so their keys are refused; serve.* (sampling, clock,
+    agent) and the other sections apply."""
+    from interaction_jax.train import checkpoint
+
+    shape_keys = [s for s in FLAGS.set if s.split("=", 1)[0].split(".", 1)[0] in checkpoint.SHAPE_SECTIONS]
+    if shape_keys:
+        raise config_lib.ConfigError(
+            shape_keys[0].split("=", 1)[0], "the checkpoint fixes the model and stream", "set serve.* keys only"
+        )
+    cfg, params, step = checkpoint.load_params(workdir)
+    return config_lib.validate(config_lib.override(cfg, FLAGS.set), purpose="serve"), params, step
+
+
 def cmd_train(argv: list[str]) -> None:
     from interaction_jax.train import distributed
 
     workdir = _require_workdir("train")
     distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    import jax
+
+    from interaction_jax.data import pipeline
+    from interaction_jax.eval.probe import BehaviourProbe
     from interaction_jax.train import loop
 
+    cfg = resolve_config()
     minutes = FLAGS["max-minutes"].value
+    clips = pipeline.clip_source(cfg, FLAGS.progress and jax.process_index() == 0)
+    probe = None
+    if cfg.train.behaviour_episodes and cfg.train.eval_every and jax.process_count() == 1:
+        probe = BehaviourProbe(cfg, clips, cfg.train.behaviour_episodes)
     result = loop.train(
-        resolve_config(),
+        cfg,
         workdir,
         progress=FLAGS.progress,
         max_seconds=None if minutes is None else 60.0 * minutes,
         profile_steps=FLAGS.profile,
+        clips=clips,
+        probe=probe,
     )
     held = "—" if result.heldout_loss is None else f"{result.heldout_loss:.4f}"
     state = "stopped early (checkpoint saved)" if result.preempted else "done"
@@ -134,13 +165,17 @@ def cmd_train(argv: list[str]) -> None:
 
 def cmd_eval(argv: list[str]) -> None:
     from interaction_jax import eval as eval_lib
-    from interaction_jax.train import checkpoint
 
     workdir = _require_workdir("eval")
-    cfg, params, step = checkpoint.load_params(workdir)
+    cfg, params, step = _load_checkpoint(workdir)
     out = FLAGS.out or f"{workdir}/eval"
-    report = eval_lib.evaluate(cfg, params, out, episodes_per_scenario=FLAGS.episodes, progress=FLAGS.progress)
-    print(f"step {step} of {workdir}, {FLAGS.episodes} held-out episode(s) per scenario → {out}/")
+    report = eval_lib.evaluate(
+        cfg, params, out, episodes_per_scenario=FLAGS.episodes, rollout_seeds=FLAGS.seeds, progress=FLAGS.progress
+    )
+    print(
+        f"step {step} of {workdir}, {FLAGS.episodes} held-out episode(s) per scenario × {FLAGS.seeds} seed(s) → {out}/"
+    )
+    print(eval_lib.sampling_summary(cfg))
     print(report.table())
 
 
@@ -150,10 +185,11 @@ def cmd_demo(argv: list[str]) -> None:
     minutes = FLAGS["max-minutes"].value
     demo.run_demo(
         FLAGS.out or "demo",
-        max_minutes=10.0 if minutes is None else minutes,
+        max_minutes=demo.DEFAULT_MAX_MINUTES if minutes is None else minutes,
         preset=FLAGS.preset,
         sets=tuple(FLAGS.set),
         episodes_per_scenario=FLAGS.episodes,
+        rollout_seeds=FLAGS.seeds,
         progress=FLAGS.progress,
     )
 
@@ -190,16 +226,9 @@ def cmd_serve(argv: list[str]) -> None:
     import asyncio
 
     from interaction_jax.serve import server
-    from interaction_jax.train import checkpoint
 
     workdir = _require_workdir("serve")
-    shape_keys = [s for s in FLAGS.set if s.split("=", 1)[0].split(".", 1)[0] in checkpoint.SHAPE_SECTIONS]
-    if shape_keys:
-        raise config_lib.ConfigError(
-            shape_keys[0].split("=", 1)[0], "the checkpoint fixes the model and stream", "set serve.* keys only"
-        )
-    cfg, params, step = checkpoint.load_params(workdir)
-    cfg = config_lib.validate(config_lib.override(cfg, FLAGS.set), purpose="serve")
+    cfg, params, step = _load_checkpoint(workdir)
     print(f"step {step} of {workdir}", flush=True)
     asyncio.run(server.serve_forever(cfg, params, host=FLAGS.host, port=FLAGS.port, auth_token=_auth_token()))
 

@@ -172,6 +172,9 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics lines
     eval_every: int = 500  # steps between held-out evaluations (and one at the end); 0: never
     eval_episodes: int = 14  # held-out episodes per evaluation (a fixed set: the same every time)
+    # free-running held-out episodes per scenario streamed through the serving engine at each evaluation
+    # (`eval.probe`; the `train` command and the demo log them as split "behaviour"); 0: none
+    behaviour_episodes: int = 1
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end or on SIGTERM)
     keep_checkpoints: int = 3  # the last N are kept
 
@@ -182,6 +185,11 @@ class ServeConfig:
     max_len: int = 4096  # KV-cache slots per session (tokens)
     temperature: float = 0.0  # 0: greedy text
     top_p: float = 1.0
+    # add log(1 / train.pad_weight) to the PAD logit before sampling, so the sampler sees the calibrated
+    # probabilities a PAD-weighted loss skews (model/step.py: pad_logit_bias)
+    calibrate_pad: bool = True
+    # a TEXT_OUT slot stays silent (PAD) unless the calibrated probability of saying anything exceeds this
+    speak_threshold: float = 0.5
     flow_temperature: float = 1.0
     flow_steps: int = 8
     idle_timeout_s: float = 30.0  # a session that sends nothing for this long is closed and its slot freed
@@ -549,6 +557,7 @@ _MAY_BE_ZERO = frozenset(
         "mel_mean",
         "num_workers",
         "eval_every",
+        "behaviour_episodes",
         "shards",
         "agent_latency_s",
         "port",
@@ -684,6 +693,18 @@ def validate(cfg: Config, num_devices: int | None = None, purpose: Literal["all"
         raise ConfigError("serve.port", f"{sv.port} is not a TCP port", "use 0 (any free port) to 65535")
     if cfg.mesh.device_kind not in ("cpu", "gpu", "tpu"):
         raise ConfigError("mesh.device_kind", f"unknown kind {cfg.mesh.device_kind!r}", "use cpu, gpu or tpu")
+    if not 0.0 < cfg.serve.speak_threshold < 1.0:
+        raise ConfigError(
+            "serve.speak_threshold",
+            f"{cfg.serve.speak_threshold} is not a probability strictly between 0 and 1",
+            "use 0.5 (speak when that is more likely than not), or lower to speak more readily",
+        )
+    if cfg.serve.calibrate_pad and t.pad_weight == 0:
+        raise ConfigError(
+            "serve.calibrate_pad",
+            "the PAD logit cannot be calibrated for train.pad_weight 0 (the model never learned when to be silent)",
+            "give train.pad_weight a value > 0, or set serve.calibrate_pad=false",
+        )
     known_axes = set(MESH_AXES)
     for name, axes in cfg.mesh.rules:
         for a in axes:

@@ -14,6 +14,15 @@ JAX arrays alike and return the same kind they are given; `input_block_kinds`, `
 `audio_out_entries` are jnp and safe under `jit`.
 
 Targets: each output token is predicted from the hidden state of the previous token.
+
+The speak decision. Every word the model says starts with one SPEAK token in TEXT_OUT, placed in the
+slot where the word's speech begins, and its bytes follow in the next slots (no space byte: SPEAK is
+the word boundary); EOT follows the last word of an utterance, in the chunk where its speech ends.
+So whether the model starts talking in a slot is one token (SPEAK, or DELEGATE for a request)
+against PAD, instead of being spread over every possible first byte of a word — under greedy
+decoding PAD would otherwise win whenever it beats the single likeliest byte (the spirit of Moshi's
+end-of-padding token). Runs longer than a chunk's slots spill into the next chunks (`data/render.py`).
+`tokenizer.spoken_text` reads the words back.
 """
 
 from __future__ import annotations
@@ -179,14 +188,20 @@ def dmel_grid(cfg: StreamConfig) -> np.ndarray:
 
 
 def quantize_dmel(logmel, cfg: StreamConfig):
-    """log10-mel → uint8 dMel level: the nearest grid point; values outside [dmel_min, dmel_max] clip."""
+    """log10-mel → uint8 dMel level: the nearest grid point; values outside [dmel_min, dmel_max] clip.
+
+    The level is the number of float32 midpoints between grid points that the value exceeds (a value
+    exactly on a midpoint takes the lower level), so numpy and jitted XLA code agree bit for bit: an
+    arithmetic `round((x − min) / step)` does not, as XLA may turn the division into a multiplication
+    and round a tie the other way (training quantises AUDIO_OUT with numpy, serving inside `microturn`).
+    """
     xp = _xp(logmel)
     x = xp.asarray(logmel)
-    if not xp.issubdtype(x.dtype, xp.floating):
+    if not xp.issubdtype(x.dtype, xp.floating) or x.dtype.itemsize < 4:
         x = x.astype(xp.float32)
-    step = (cfg.dmel_max - cfg.dmel_min) / (cfg.dmel_levels - 1)
-    idx = xp.round((x - cfg.dmel_min) / step)
-    return xp.clip(idx, 0, cfg.dmel_levels - 1).astype(xp.uint8)
+    grid = dmel_grid(cfg)
+    midpoints = xp.asarray((grid[:-1] + grid[1:]) / np.float32(2), x.dtype)
+    return xp.sum(x[..., None] > midpoints, axis=-1).astype(xp.uint8)
 
 
 def dequantize_dmel(levels, cfg: StreamConfig):

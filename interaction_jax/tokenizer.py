@@ -2,6 +2,9 @@
 
 Text in the stream is sparse — most TEXT_IN/TEXT_OUT slots hold PAD — so the tokenizer is the
 simplest one that round-trips any string and needs no vocabulary file.
+
+SPEAK is the model's decision to start a word: it precedes every spoken word's bytes in TEXT_OUT
+(`stream.py`, "The speak decision"), so whether to talk in a slot is one token against PAD.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ END_DELEGATE = 258  # end of that request
 RESULT = 259  # start of a background result (arrives in TEXT_IN)
 END_RESULT = 260  # end of that result
 EOT = 261  # end of the model's utterance
+SPEAK = 262  # the model starts a spoken word here; its bytes follow, no space between words (TEXT_OUT)
 
 SPECIALS = {
     "<pad>": PAD,
@@ -23,6 +27,7 @@ SPECIALS = {
     "<result>": RESULT,
     "</result>": END_RESULT,
     "<eot>": EOT,
+    "<speak>": SPEAK,
 }
 SPECIAL_NAMES = {i: name for name, i in SPECIALS.items()}
 NUM_IDS = NUM_BYTES + len(SPECIALS)
@@ -55,6 +60,25 @@ def encode(text: str, specials: bool = True) -> list[int]:
         ids.extend(text[i:j].encode("utf-8"))
         i = j
     return ids
+
+
+def spoken_text(ids: Iterable[int]) -> str:
+    """What the model says aloud in TEXT_OUT `ids`: its words as text, one space between them. PAD is
+    dropped, SPEAK (which starts each word) and EOT are word breaks, a DELEGATE … END_DELEGATE request
+    is not spoken (it goes to the background model), and runs of whitespace become one space."""
+    kept: list[int] = []
+    in_request = False
+    for i in (int(i) for i in ids):
+        if in_request:
+            in_request = i != END_DELEGATE
+        elif i == DELEGATE:
+            in_request = True
+            kept.append(ord(" "))
+        elif i < NUM_BYTES:
+            kept.append(i)
+        elif i != PAD:
+            kept.append(ord(" "))
+    return " ".join(decode(kept).split())
 
 
 def decode(ids: Iterable[int], skip_pad: bool = True) -> str:

@@ -73,6 +73,8 @@ BAD = [
     (["kernels.alignment=exact"], None, None, "kernels.alignment", "not one of"),
     (["d_model=3"], None, None, "d_model", "unknown key"),
     (["model.d_model"], None, None, "model.d_model", "a.b=c"),
+    (["serve.speak_threshold=1.0"], None, None, "serve.speak_threshold", "strictly between 0 and 1"),
+    (["train.pad_weight=0"], None, None, "serve.calibrate_pad", "cannot be calibrated"),
 ]
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 from interaction_jax import config as config_lib
+from interaction_jax import demo
+from interaction_jax import eval as eval_lib
 from interaction_jax.audio import wav
 from interaction_jax.data.episode import chunk_samples
 from interaction_jax.train import checkpoint
@@ -42,3 +44,11 @@ def test_demo_runs_end_to_end_and_writes_every_artefact(tmp_path):
         assert episode["metrics"] == next(e for e in summary["episodes"] if e["scenario"] == name)["metrics"]
         assert name in result.stdout  # the summary table is printed
     assert f"trained {steps[-1]} steps" in result.stdout
+    # bounded by steps: a one-minute cap stops it short of them, and it says so
+    assert steps[-1] < demo.DEMO_STEPS and "stopped short of" in result.stdout and "safety cap" in result.stderr
+    # free-running behaviour was probed during training, plotted, and the gates are reported
+    behaviour_rows = [r for r in read_jsonl(out / "run" / "metrics.jsonl") if r["split"] == "behaviour"]
+    assert behaviour_rows and behaviour_rows[-1]["step"] == steps[-1] and "all/audio_agreement" in behaviour_rows[-1]
+    assert (out / "behaviour.png").read_bytes()[:4] == b"\x89PNG"
+    assert summary["rollout_seeds"] == 2 and len(summary["gates"]) == len(eval_lib.GATES)
+    assert "gates met." in result.stdout and "sampling: speaks when p(not PAD) > 0.5" in result.stdout

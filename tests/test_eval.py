@@ -241,8 +241,8 @@ def test_aggregate_skips_what_does_not_apply():
     agg = behaviour.aggregate(
         [{"a": 1.0, "b": None, "n_x": 2}, {"a": 0.0, "b": float("nan"), "n_x": 3}, {"a": 0.5, "b": 4.0, "n_x": 0}]
     )
-    assert agg["a"] == {"mean": 0.5, "n": 3}
-    assert agg["b"] == {"mean": 4.0, "n": 1}
+    assert agg["a"] == {"mean": 0.5, "std": pytest.approx(np.std([1.0, 0.0, 0.5])), "n": 3}
+    assert agg["b"] == {"mean": 4.0, "std": 0.0, "n": 1}
     assert agg["n_x"] == {"mean": 5.0, "n": 3}
     assert report.format_value({"mean": 0.5, "n": 2}, "count") == "1/2"
     assert report.format_value({"mean": None, "n": 0}, "pct") == "n/a"
@@ -256,7 +256,7 @@ def test_the_data_scores_perfectly_on_its_own_episodes(scenario, clips):
     payloads, _ = render.chunk_payloads(ep, S)
     text = np.stack([p.text_out for p in payloads])
     m = behaviour.episode_metrics(scenario, ep.annotations, text, S, reference_text=text)
-    assert m["text_agreement"] == 1.0
+    assert m["text_agreement"] == 1.0 and m["text_cer"] == 0.0
     perfect = {
         "turn_taking": {"reply_on_time": 1.0, "reply_missed": 0.0, "pause_false_start": 0.0, "talk_over_rate": 0.0},
         "backchannel": {"backchannel_hit": 1.0 if ep.annotations.get("backchannels") else None, "talk_over_rate": 0.0},
@@ -273,7 +273,54 @@ def test_the_data_scores_perfectly_on_its_own_episodes(scenario, clips):
         assert m["timer_abs_error_s"] <= 0.1 + 1e-9  # nearest chunk start to the target
     # a mute model fails what the data passes
     mute = behaviour.episode_metrics(scenario, ep.annotations, silent(ep.num_chunks), S, reference_text=text)
-    assert mute["text_agreement"] < 1.0 and mute["text_rate"] == 0.0
+    assert mute["text_agreement"] < 1.0 and mute["text_rate"] == 0.0 and mute["text_cer"] == 1.0
+
+
+def test_character_error_rate_of_the_words_said():
+    """CER compares the words said (SPEAK and EOT as breaks, requests not spoken, case ignored) with the
+    reference's: hand-made cases with a known edit distance."""
+    assert behaviour.edit_distance("kitten", "sitting") == 3
+    assert behaviour.edit_distance("", "abc") == 3 and behaviour.edit_distance("abc", "abc") == 0
+    reference = say(silent(), 3, "<speak>Sure,<speak>it's<speak>four.<eot>")  # "Sure, it's four." (16 chars)
+    cer = lambda text: behaviour.character_error_rate(text, reference)
+    assert cer(reference) == 0.0
+    assert cer(say(silent(), 9, "<speak>sure,<speak>it's<speak>four.<eot>")) == 0.0  # case and timing do not count
+    assert cer(say(silent(), 3, "<speak>Sure,<speak>it's<speak>five.<eot>")) == pytest.approx(3 / 16)  # o→i, u→v, r→e
+    assert cer(say(silent(), 3, "<speak>Sure,<speak>its<speak>four.")) == pytest.approx(1 / 16)  # one deletion
+    words = say(silent(), 3, "<speak>Sure,<delegate>2+2</delegate><speak>it's<speak>four.")
+    assert cer(words) == 0.0  # the request is not spoken
+    assert cer(silent()) == 1.0  # saying nothing deletes every character
+    assert cer(say(silent(), 3, "<speak>Sure,it's<speak>four.")) == pytest.approx(1 / 16)  # a missing word break
+    assert behaviour.character_error_rate(reference, silent()) is None  # nothing to say: no CER
+
+
+def test_gates_are_checked_against_the_aggregates():
+    row = report.ScenarioRow(
+        "turn_taking",
+        2,
+        {"reply_on_time": {"mean": 0.95, "n": 2}, "reply_missed": {"mean": 0.10, "n": 2}},
+        {"reply_on_time": {"mean": 1.0, "n": 2}, "reply_missed": {"mean": 0.0, "n": 2}},
+        (),
+    )
+    episodes = [
+        report.EpisodeResult("turn_taking", k, k, {"text_cer": cer}, {"text_cer": 0.0}, {}, ({"text_cer": cer},))
+        for k, cer in enumerate((0.2, 0.5))
+    ]
+    gates = (
+        report.Gate("turn_taking", "reply_on_time", "on time", ">=", 0.9),
+        report.Gate("turn_taking", "reply_missed", "missed", "<=", 0.05),
+        report.Gate(report.ALL, "text_cer", "CER", "<=", 0.30),
+        report.Gate("delegate", "delegate_hit", "not evaluated", ">=", 0.8),
+    )
+    results = report.check_gates(gates, [row], episodes)
+    assert [(r.gate.key, r.value, r.data, r.met) for r in results] == [
+        ("reply_on_time", 0.95, 1.0, True),
+        ("reply_missed", 0.10, 0.0, False),
+        ("text_cer", pytest.approx(0.35), 0.0, False),
+    ]
+    table = report.format_gates(results)
+    assert "| turn_taking | on time | >= 90% | 95% | 100% | met |" in table
+    assert "| all | CER | <= 30% | 35% | 0% | **not met** |" in table and "1 of 3 gates met." in table
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,8 +396,10 @@ def test_vocode_is_episode_length_and_silence_is_silent():
 
 def test_evaluate_writes_every_artefact(tmp_path, params, clips):
     names = ("turn_taking", "cue_speak")
-    rep = evaluate(CFG, params, tmp_path, episodes_per_scenario=1, scenarios=names, clips=clips, progress=False)
-    assert [r.scenario for r in rep.rows] == list(names) and all(r.episodes == 1 for r in rep.rows)
+    rep = evaluate(
+        CFG, params, tmp_path, episodes_per_scenario=1, rollout_seeds=2, scenarios=names, clips=clips, progress=False
+    )
+    assert [r.scenario for r in rep.rows] == list(names) and all(r.episodes == 1 and r.seeds == 2 for r in rep.rows)
     for name in names:
         folder = tmp_path / name / "0"
         ep = report.eval_episode(CFG, name, 0, clips)
@@ -376,6 +425,18 @@ def test_evaluate_writes_every_artefact(tmp_path, params, clips):
             reference_energy=ro.reference_energy,
         )
         assert saved["metrics"] == pytest.approx(expected)
+        # every rollout seed is scored: seed 1 is its own sampled rollout
+        ro1 = rollout(CFG, params, ep, rng_seed=report.rollout_seed(name, 0, 1))
+        second = behaviour.episode_metrics(
+            name,
+            ep.annotations,
+            ro1.text,
+            S,
+            reference_text=ro1.reference_text,
+            energy=ro1.energy,
+            reference_energy=ro1.reference_energy,
+        )
+        assert saved["seed_metrics"] == [pytest.approx(expected), pytest.approx(second)]
         assert [c["text_out"] for c in saved["chunks"]] == [tokenizer.decode([int(t) for t in row]) for row in ro.text]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["scenario"] for r in summary["rows"]] == list(names)
@@ -383,7 +444,14 @@ def test_evaluate_writes_every_artefact(tmp_path, params, clips):
         keys = {key for key, _, _ in (*report.TABLE[row["scenario"]], *report.COMMON_COLUMNS)}
         assert keys <= set(row["metrics"]) and keys <= set(row["reference"])
         assert len(row["cells"]) == len(keys)
+    assert summary["rollout_seeds"] == 2 and "speaks when p(not PAD) > 0.5" in summary["sampling"]
+    assert {g["scenario"] for g in summary["gates"]} == {"turn_taking", "cue_speak", report.ALL}
+    assert (
+        "## Gates" in (tmp_path / "summary.md").read_text()
+        and rep.gate_table() in (tmp_path / "summary.md").read_text()
+    )
     turn = summary["rows"][0]
+    assert len(turn["per_seed"]) == 2
     assert turn["reference"]["reply_on_time"]["mean"] == 1.0 and turn["reference"]["text_agreement"]["mean"] == 1.0
     table = rep.table()
     assert table == (tmp_path / "summary.md").read_text().split("\n\n")[2]

@@ -209,8 +209,8 @@ def test_shared_rules(name):
 
 
 def check_model_text(ep):
-    """Each model utterance starts on a chunk boundary; its words are text events at their speech onsets
-    (first word bare, later ones after a space), then EOT at its end."""
+    """Each model utterance starts on a chunk boundary; its words are text events at their speech onsets,
+    each SPEAK then the word's bytes (no space: SPEAK is the boundary), then EOT at its end."""
     expected = []
     for u in ep.annotations["model_utterances"]:
         start = round(u["start"] * SR)
@@ -220,15 +220,18 @@ def check_model_text(ep):
         assert end - start == clip.audio.size if not u["cut"] else end < start + clip.audio.size
         spoken = [w for w in clip.words if start + round(w.start_s * SR) < end]
         pieces = common.word_pieces(clip.text, clip.words)
-        for i, (w, piece) in enumerate(zip(spoken, pieces, strict=False)):
-            piece = piece if i == 0 else " " + piece
-            expected.append((u["start"] + w.start_s, tuple(tokenizer.encode(piece, specials=False))))
+        for w, piece in zip(spoken, pieces, strict=False):
+            expected.append((u["start"] + w.start_s, (tokenizer.SPEAK, *tokenizer.encode(piece, specials=False))))
         if end < ep.model_audio.size:
             expected.append((u["end"], (tokenizer.EOT,)))
         assert spoken and int(np.floor((u["start"] + spoken[0].start_s) / C + 1e-9)) == start // S
         if not u["cut"]:  # the whole line is written out, punctuation and all, then EOT
             events = [e for e in ep.model_text if u["start"] <= e.time_s < u["end"]]
-            assert decoded([e for e in events if e.tokens[0] != tokenizer.DELEGATE]) == u["text"]
+            said = [
+                t for e in sorted(events, key=lambda e: e.time_s) if e.tokens[0] != tokenizer.DELEGATE for t in e.tokens
+            ]
+            assert tokenizer.spoken_text(said) == " ".join(u["text"].split())
+            assert said[0] == tokenizer.SPEAK and said.count(tokenizer.SPEAK) == len(spoken)
     speech_events = [(e.time_s, e.tokens) for e in ep.model_text if e.tokens[0] != tokenizer.DELEGATE]
     assert len(speech_events) == len(expected)
     for (t, tokens), (t_expected, tokens_expected) in zip(speech_events, sorted(expected), strict=True):
@@ -426,7 +429,7 @@ def test_rep_count():
         n = a["count"]
         counts.append(n)
         assert 1 <= n <= 6 and len(a["completions"]) == len(a["onset_chunks"]) == n
-        assert decoded(ep.model_text) == "".join(f"{w}<eot>" for w in corpus.NUMBER_WORDS[:n])
+        assert decoded(ep.model_text) == "".join(f"<speak>{w}<eot>" for w in corpus.NUMBER_WORDS[:n])
         for completion, onset in zip(a["completions"], a["onset_chunks"], strict=True):
             shown = onset - 1  # the chunk carrying the first frame that shows the completion
             assert shown % CFG.video_every == 0
@@ -469,3 +472,32 @@ def test_delegate():
             interjections += d["interjection"]
             checks += d["let_me_check"]
     assert interjections > 0 and checks > 0
+
+
+@pytest.mark.parametrize("name", ["turn_taking", "interruption", "delegate"])
+def test_the_speak_decision_in_the_rendered_stream(name):
+    """In TEXT_OUT, every utterance starts with SPEAK in the chunk its speech starts in (the decision is
+    one token against PAD), each spoken word has exactly one SPEAK, EOT closes the utterance, and the
+    words read back as the line (cut ones: the words begun); a late SPEAK only follows a backlog."""
+    for ep in episodes(name, seeds=range(6)):
+        text_out, stats = place_text(ep.model_text, ep.num_chunks, CFG.text_out_slots, CFG)
+        flat = text_out.ravel()
+        slot_chunk = np.repeat(np.arange(ep.num_chunks), CFG.text_out_slots)
+        said = [t for t in flat if t != tokenizer.DELEGATE]
+        words = sum(e.tokens.count(tokenizer.SPEAK) for e in ep.model_text)
+        assert said.count(tokenizer.SPEAK) == words == sum(1 for e in ep.model_text if e.tokens[0] == tokenizer.SPEAK)
+        assert not any(
+            t < tokenizer.NUM_BYTES and chr(t) == " " and prev == tokenizer.SPEAK
+            for prev, t in itertools.pairwise(flat)
+        )
+        for u in ep.annotations["model_utterances"]:
+            start, end = round(u["start"] / C), int(np.ceil(u["end"] / C - 1e-9))
+            window = slice(start * CFG.text_out_slots, min(end + 2, ep.num_chunks) * CFG.text_out_slots)
+            ids = [t for t in flat[window] if t != tokenizer.PAD]
+            first = np.flatnonzero(flat == tokenizer.SPEAK)
+            first = first[slot_chunk[first] >= start][0]
+            assert slot_chunk[first] == start or stats.delayed_events > 0
+            assert tokenizer.EOT in ids or end >= ep.num_chunks - 1
+            line = tokenizer.spoken_text(ids[: ids.index(tokenizer.EOT)] if tokenizer.EOT in ids else ids)
+            expected = " ".join(u["text"].split())
+            assert line == expected if not u["cut"] else (expected.startswith(line) and line)

@@ -305,7 +305,7 @@ def _bad(cfg, k, **changes):
         ({"audio_in": np.full((4, 2, 80), 16, np.uint8)}, r"audio_in holds level 16"),
         ({"text_in": np.zeros(3, np.int32)}, r"chunk 1 \(stream chunk 1\): text_in has shape \(3,\)"),
         ({"text_out": np.zeros(4, np.float32)}, r"text_out has dtype float32"),
-        ({"text_out": np.array([1, 2, tokenizer.NUM_IDS, 3])}, r"text_out holds id 262"),
+        ({"text_out": np.array([1, 2, tokenizer.NUM_IDS, 3])}, r"text_out holds id 263"),
         ({"text_in": np.array([1, -1, 2, 3])}, r"text_in holds id -1"),
         ({"audio_out_mel": np.zeros((4, 2, 80), np.uint8)}, r"audio_out_mel has dtype uint8"),
         ({"audio_out_mel": np.zeros((4, 1, 80), np.float32)}, r"audio_out_mel has shape \(4, 1, 80\)"),

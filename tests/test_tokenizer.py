@@ -69,8 +69,24 @@ def test_decode_unknown_and_invalid():
 
 
 def test_vocabulary_size():
-    assert tokenizer.NUM_IDS == 262
+    assert tokenizer.NUM_IDS == 263
     assert len(set(tokenizer.SPECIALS.values())) == len(tokenizer.SPECIALS)
     assert all(256 <= i < tokenizer.NUM_IDS for i in tokenizer.SPECIALS.values())
     assert tokenizer.padded_vocab_size() == 384
     assert tokenizer.padded_vocab_size(256) == 512
+
+
+def test_spoken_text_reads_the_words_back():
+    """SPEAK starts each word (and is the break between words), EOT ends a line, PAD is nothing, and a
+    DELEGATE … END_DELEGATE request is not spoken."""
+    SPEAK, EOT, D, ED = tokenizer.SPEAK, tokenizer.EOT, tokenizer.DELEGATE, tokenizer.END_DELEGATE
+    words = lambda w: [SPEAK, *w.encode()]
+    ids = [PAD, *words("Sure,"), PAD, PAD, *words("it's"), PAD, *words("four."), EOT, PAD]
+    assert tokenizer.spoken_text(ids) == "Sure, it's four."
+    assert tokenizer.spoken_text([*words("hi"), D, *b"2+2", ED, *words("there"), EOT, *words("ok")]) == "hi there ok"
+    assert tokenizer.spoken_text([PAD, PAD, EOT]) == ""
+    # bytes of one character straddling PAD still decode; without SPEAK, words run together
+    assert tokenizer.spoken_text([SPEAK, 0xC3, PAD, 0xA9, *b"t\xc3\xa9"]) == "\u00e9t\u00e9"
+    assert tokenizer.spoken_text([*b"ab", *b"cd"]) == "abcd"
+    # round trip through the names: SPEAK is a special like the others
+    assert tokenizer.encode(tokenizer.decode(ids)) == ids[:0] + [i for i in ids if i != PAD]

@@ -29,6 +29,7 @@ RUN = (
     "train.checkpoint_every=2",
     "train.eval_every=4",
     "train.eval_episodes=2",
+    "train.behaviour_episodes=0",  # the free-running probe has its own test (test_silence.py)
     "data.shards=2",  # the same global batches for 1 process × 8 devices and 2 processes × 4
 )
 

@@ -6,7 +6,7 @@ params, out_dir)` does both for every scenario and writes wavs, timelines, per-e
 summary table.
 """
 
-from interaction_jax.eval.report import EvalReport, evaluate
+from interaction_jax.eval.report import GATES, LONG_GATES, EvalReport, evaluate, sampling_summary
 from interaction_jax.eval.rollout import Rollout, rollout, vocode
 
-__all__ = ["EvalReport", "Rollout", "evaluate", "rollout", "vocode"]
+__all__ = ["GATES", "LONG_GATES", "EvalReport", "Rollout", "evaluate", "rollout", "sampling_summary", "vocode"]

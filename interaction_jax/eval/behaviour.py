@@ -20,6 +20,10 @@ Every scenario:
 - `text_rate`: fraction of chunks in which the model is active.
 - `talk_over_rate`: fraction of the chunks holding user speech (`user_speech` spans) in which the model
   is active. The data is not always 0 (a barged-in reply overlaps the barge-in), so compare with it.
+- `text_cer`: character error rate of the words the model says (`tokenizer.spoken_text` of its whole
+  TEXT_OUT: SPEAK and EOT as word breaks, requests left out) against the words of the reference
+  output, both lower-cased: Levenshtein distance / reference length (1.0 when it says nothing; may
+  exceed 1 when it says much more). None when the reference says nothing.
 
 Per scenario (MISS = 5 chunks, the search horizon after which an expected onset counts as missed):
 
@@ -368,6 +372,32 @@ SCENARIO_METRICS = {
 }
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two strings (insertions, deletions, substitutions cost 1)."""
+    if not a or not b:
+        return len(a) + len(b)
+    row = np.arange(len(b) + 1)
+    target = np.frombuffer(b.encode("utf-32-le"), np.uint32)
+    for i, ch in enumerate(a, start=1):
+        substitute = row[:-1] + (target != ord(ch))
+        new = np.empty_like(row)
+        new[0] = i
+        # new[j] = min(row[j] + 1, row[j-1] + cost, new[j-1] + 1); the last term runs along the row
+        new[1:] = np.minimum(row[1:] + 1, substitute)
+        new = np.minimum.accumulate(new - np.arange(len(new))) + np.arange(len(new))
+        row = new
+    return int(row[-1])
+
+
+def character_error_rate(text, reference_text) -> float | None:
+    """CER of the words said in TEXT_OUT ids `text` against those of `reference_text` (see `text_cer`)."""
+    hypothesis = tokenizer.spoken_text(np.asarray(text).ravel()).lower()
+    reference = tokenizer.spoken_text(np.asarray(reference_text).ravel()).lower()
+    if not reference:
+        return None
+    return edit_distance(hypothesis, reference) / len(reference)
+
+
 def common(
     annotations: dict,
     text,
@@ -385,9 +415,11 @@ def common(
         "audio_agreement": None,
         "text_rate": float(flags.mean()) if len(flags) else None,
         "talk_over_rate": float(flags[user].mean()) if user.any() else None,
+        "text_cer": None,
     }
     if reference_text is not None:
         out["text_agreement"] = float(np.mean(flags == text_active(reference_text)))
+        out["text_cer"] = character_error_rate(text, reference_text)
     if energy is not None and reference_energy is not None:
         out["audio_agreement"] = float(np.mean(audio_active(energy, s) == audio_active(reference_energy, s)))
     return out
@@ -414,7 +446,8 @@ def episode_metrics(
 
 
 def aggregate(episodes: Sequence[Metrics]) -> dict[str, dict[str, float | int | None]]:
-    """Per key: {"mean": mean over the episodes where it applies (None/NaN skipped) or None, "n": how many}.
+    """Per key: {"mean": mean over the episodes where it applies (None/NaN skipped) or None, "std": their
+    standard deviation, "n": how many}.
 
     `n_*` keys are event counts: their "mean" is the total over the episodes.
     """
@@ -426,5 +459,9 @@ def aggregate(episodes: Sequence[Metrics]) -> dict[str, dict[str, float | int | 
         if key.startswith("n_"):
             out[key] = {"mean": float(sum(kept)), "n": len(kept)}
         else:
-            out[key] = {"mean": float(np.mean(kept)) if kept else None, "n": len(kept)}
+            out[key] = {
+                "mean": float(np.mean(kept)) if kept else None,
+                "std": float(np.std(kept)) if kept else None,
+                "n": len(kept),
+            }
     return out

@@ -134,3 +134,24 @@ def sample_text(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, rng
     choice = per_row(lambda r, x: jax.random.categorical(r, x, axis=-1), rng, jnp.where(keep, sorted_logits, -jnp.inf))
     sampled = jnp.take_along_axis(order, choice[..., None], axis=-1)[..., 0]
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+def sample_text_or_silence(
+    logits: jax.Array,
+    silence_id: int,
+    speak_threshold: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    rng: jax.Array,
+) -> jax.Array:
+    """Token ids from logits [N, V] in two decisions: first speak or stay silent, then what to say.
+
+    The slot stays silent (`silence_id`) unless the probability of *anything else* exceeds
+    `speak_threshold` (0.5: speak when that is more likely than not — greedy on the binary question,
+    where plain greedy would compare silence with the single likeliest other token); otherwise the
+    token is drawn by `sample_text` from the other tokens alone. Traced scalars; `rng` as `sample_text`.
+    """
+    logits = logits.astype(jnp.float32)
+    speak = 1.0 - jax.nn.softmax(logits, axis=-1)[..., silence_id]
+    said = sample_text(logits.at[..., silence_id].set(-jnp.inf), temperature, top_p, rng)
+    return jnp.where(speak > speak_threshold, said, silence_id).astype(jnp.int32)

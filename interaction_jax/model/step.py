@@ -9,6 +9,7 @@ the order of floating-point reductions (which the batch-invariant kernels will p
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import flax.struct
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from interaction_jax import stream, tokenizer
 from interaction_jax.config import PATCH_SIZE, Config
 from interaction_jax.model.cache import Cache, capacity, init_cache
-from interaction_jax.model.heads import euler_sample, flow_matching_loss, sample_text
+from interaction_jax.model.heads import euler_sample, flow_matching_loss, sample_text_or_silence
 from interaction_jax.model.transformer import InteractionModel
 
 Kind = stream.Kind
@@ -100,6 +101,12 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(logits, axis=-1) - picked
 
 
+def text_loss(ce: jax.Array, weights: jax.Array) -> jax.Array:
+    """The weighted mean of per-token cross-entropies: sum(ce · w) / sum(w) (PAD targets weigh
+    `train.pad_weight`, which skews the learned probabilities; see `pad_logit_bias`)."""
+    return jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
+
+
 def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[jax.Array, dict]:
     """Training loss of a batch of windows: text CE + λ·flow + MoE aux losses (DESIGN §10).
 
@@ -118,7 +125,6 @@ def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[
     if mask is not None:  # weights[t] scores token t+1
         weights = weights * jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
     ce = cross_entropy(logits, targets)
-    text_loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
     scored = (weights > 0) & (targets != tokenizer.PAD)  # the tokens the model should say
     correct = (jnp.argmax(logits, axis=-1) == targets) & scored
 
@@ -133,10 +139,11 @@ def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[
 
     load_balance = aux.get("load_balance", jnp.float32(0))
     router_z = aux.get("router_z", jnp.float32(0))
-    loss = text_loss + t.flow_weight * flow + t.load_balance_weight * load_balance + t.router_z_weight * router_z
+    text = text_loss(ce, weights)
+    loss = text + t.flow_weight * flow + t.load_balance_weight * load_balance + t.router_z_weight * router_z
     metrics = {
         "loss": loss,
-        "text_ce": text_loss,
+        "text_ce": text,
         "text_acc": jnp.sum(correct) / jnp.maximum(jnp.sum(scored), 1),
         "flow": flow,
         "load_balance": load_balance,
@@ -154,17 +161,51 @@ def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[
 
 @flax.struct.dataclass
 class Sampling:
-    """Sampling settings of `microturn`. The floats are traced: changing them does not recompile."""
+    """Sampling settings of `microturn`. The floats are traced: changing them does not recompile.
+
+    Each TEXT_OUT slot first decides to speak or stay silent (PAD unless the calibrated probability of
+    any other token exceeds `speak_threshold`), then picks what to say from the other tokens, greedy at
+    temperature 0, else by nucleus sampling (`heads.sample_text_or_silence`).
+    `pad_bias` is added to the PAD logit before sampling (the returned `text_logits` stay the model's
+    own). Training with PAD targets weighted by w < 1 makes the loss-optimal model over-state every
+    other token by 1/w against PAD; adding log(1/w) undoes exactly that, so the sampler sees calibrated
+    probabilities (`from_config` does it when `serve.calibrate_pad` is on).
+    """
 
     temperature: jax.Array | float = 0.0
     top_p: jax.Array | float = 1.0
     flow_temperature: jax.Array | float = 1.0
+    pad_bias: jax.Array | float = 0.0
+    speak_threshold: jax.Array | float = 0.5
     flow_steps: int = flax.struct.field(pytree_node=False, default=8)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Sampling:
         s = cfg.serve
-        return cls(jnp.float32(s.temperature), jnp.float32(s.top_p), jnp.float32(s.flow_temperature), s.flow_steps)
+        return cls(
+            jnp.float32(s.temperature),
+            jnp.float32(s.top_p),
+            jnp.float32(s.flow_temperature),
+            jnp.float32(pad_logit_bias(cfg.train.pad_weight) if s.calibrate_pad else 0.0),
+            jnp.float32(s.speak_threshold),
+            s.flow_steps,
+        )
+
+
+def pad_logit_bias(pad_weight: float) -> float:
+    """log(1/w): what to add to the PAD logit of a model trained with PAD targets weighted by w.
+
+    With weighted cross-entropy −w·q_pad·log p_pad − Σ q_i log p_i the optimum is
+    p_i ∝ q_i (i ≠ PAD), p_pad ∝ w·q_pad; adding log(1/w) to the PAD logit recovers q.
+    """
+    if not pad_weight > 0:
+        raise ValueError(f"pad_weight must be > 0 to calibrate against it, got {pad_weight}")
+    return float(-math.log(pad_weight))
+
+
+def calibrated_logits(logits: jax.Array, pad_bias: jax.Array | float) -> jax.Array:
+    """`logits` [..., V] with `pad_bias` added to PAD's: what the sampler draws from."""
+    return logits.at[..., tokenizer.PAD].add(jnp.asarray(pad_bias, logits.dtype))
 
 
 def input_block_batch(cfg: Config, cache: Cache, block: dict) -> dict:
@@ -266,7 +307,14 @@ def microturn(
         h, cache = carry
         slot_rng, teacher = xs
         logits = text_logits(params, h, cfg=cfg)
-        token = sample_text(logits, sampling.temperature, sampling.top_p, slot_rng)
+        token = sample_text_or_silence(
+            calibrated_logits(logits, sampling.pad_bias),
+            tokenizer.PAD,
+            sampling.speak_threshold,
+            sampling.temperature,
+            sampling.top_p,
+            slot_rng,
+        )
         token = teacher if teacher is not None else token
         kind = jnp.where(active, Kind.TEXT_OUT, Kind.PAD).astype(jnp.int32)
         hidden, cache, _ = step(params, cache, _one_token_batch(cfg, kind, cache, text=token), cfg=cfg)

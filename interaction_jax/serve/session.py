@@ -170,6 +170,9 @@ class Session:
                 self._request = bytearray()
             elif i < tokenizer.NUM_BYTES:
                 spoken.append(i)
+            elif i == tokenizer.SPEAK:  # a new word: a space, unless it starts the line
+                if spoken or self._model_line:
+                    spoken.append(ord(" "))
             elif i == tokenizer.EOT:
                 self._end_model_line()
         text = self._decoder.decode(bytes(spoken))

@@ -15,8 +15,9 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -127,11 +128,14 @@ def train(
     max_seconds: float | None = None,
     profile_steps: int = 0,
     clips: ClipSource | None = None,
+    probe: Callable[[Any], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train `cfg` in `workdir` up to `train.steps`, resuming from the workdir's newest readable checkpoint.
 
     Stops early, with a complete checkpoint, on SIGTERM or after `max_seconds`. `profile_steps` > 0
     writes a JAX profiler trace of that many steps (after compilation) to `<workdir>/profile`.
+    `probe(params)`, when given, runs at every held-out evaluation and its values are logged as split
+    "behaviour" (the free-running `eval.probe.BehaviourProbe`; training knows nothing of serving).
     """
     started = time.perf_counter()
     workdir = Path(workdir)
@@ -205,6 +209,8 @@ def train(
                 result = heldout.evaluate(state.params)
                 heldout_loss = result["loss"]
                 log.write(step, "heldout", result)
+                if probe is not None and jax.process_count() == 1:
+                    log.write(step, "behaviour", probe(state.params))
                 tick = time.perf_counter()  # evaluation time is not training time
             if step % t.checkpoint_every == 0 or step == t.steps or stopping:
                 ckpt.save(step, state, data, cfg)

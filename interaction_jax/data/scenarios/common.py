@@ -119,8 +119,9 @@ def word_pieces(text: str, words: Sequence[Word]) -> list[str]:
 
 
 def word_tokens(pieces: Sequence[str]) -> list[tuple[int, ...]]:
-    """Each piece's tokens as it appears in running text: the first as-is, later ones after a space."""
-    return [tuple(tokenizer.encode(p if i == 0 else " " + p, specials=False)) for i, p in enumerate(pieces)]
+    """Each piece's tokens in the model's text stream: SPEAK, the decision to start the word (one token
+    against PAD, and the word boundary: no space byte follows it; `stream.py`), then the piece's bytes."""
+    return [(tokenizer.SPEAK, *tokenizer.encode(p, specials=False)) for p in pieces]
 
 
 # ----------------------------------------------------------------------------------------------
