@@ -177,6 +177,8 @@ def cmd_eval(argv: list[str]) -> None:
     )
     print(eval_lib.sampling_summary(cfg))
     print(report.table())
+    print()
+    print(report.gate_table())
 
 
 def cmd_demo(argv: list[str]) -> None:

@@ -313,14 +313,14 @@ def test_gates_are_checked_against_the_aggregates():
         report.Gate("delegate", "delegate_hit", "not evaluated", ">=", 0.8),
     )
     results = report.check_gates(gates, [row], episodes)
-    assert [(r.gate.key, r.value, r.data, r.met) for r in results] == [
-        ("reply_on_time", 0.95, 1.0, True),
-        ("reply_missed", 0.10, 0.0, False),
-        ("text_cer", pytest.approx(0.35), 0.0, False),
+    assert [(r.gate.key, r.value, r.data, r.met, r.n) for r in results] == [
+        ("reply_on_time", 0.95, 1.0, True, 2),
+        ("reply_missed", 0.10, 0.0, False, 2),
+        ("text_cer", pytest.approx(0.35), 0.0, False, 2),
     ]
     table = report.format_gates(results)
-    assert "| turn_taking | on time | >= 90% | 95% | 100% | met |" in table
-    assert "| all | CER | <= 30% | 35% | 0% | **not met** |" in table and "1 of 3 gates met." in table
+    assert "| turn_taking | on time | >= 90% | 95% | 2 | 100% | met |" in table
+    assert "| all | CER | <= 30% | 35% | 2 | 0% | **not met** |" in table and "1 of 3 gates met." in table
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,29 +413,23 @@ def test_evaluate_writes_every_artefact(tmp_path, params, clips):
         saved = json.loads((folder / "episode.json").read_text())
         assert saved["seed"] == ep.seed and saved["annotations"] == json.loads(json.dumps(ep.annotations))
         assert len(saved["chunks"]) == N
-        # the saved metrics are those of this episode's rollout
+
+        # the saved metrics are those of this episode's rollouts, one per rollout seed (each its own sample)
+        def scored(ro, name=name, ep=ep):
+            return behaviour.episode_metrics(
+                name,
+                ep.annotations,
+                ro.text,
+                S,
+                reference_text=ro.reference_text,
+                energy=ro.energy,
+                reference_energy=ro.reference_energy,
+            )
+
         ro = rollout(CFG, params, ep, rng_seed=report.eval_index(name, 0))
-        expected = behaviour.episode_metrics(
-            name,
-            ep.annotations,
-            ro.text,
-            S,
-            reference_text=ro.reference_text,
-            energy=ro.energy,
-            reference_energy=ro.reference_energy,
-        )
+        expected = scored(ro)
         assert saved["metrics"] == pytest.approx(expected)
-        # every rollout seed is scored: seed 1 is its own sampled rollout
-        ro1 = rollout(CFG, params, ep, rng_seed=report.rollout_seed(name, 0, 1))
-        second = behaviour.episode_metrics(
-            name,
-            ep.annotations,
-            ro1.text,
-            S,
-            reference_text=ro1.reference_text,
-            energy=ro1.energy,
-            reference_energy=ro1.reference_energy,
-        )
+        second = scored(rollout(CFG, params, ep, rng_seed=report.rollout_seed(name, 0, 1)))
         assert saved["seed_metrics"] == [pytest.approx(expected), pytest.approx(second)]
         assert [c["text_out"] for c in saved["chunks"]] == [tokenizer.decode([int(t) for t in row]) for row in ro.text]
     summary = json.loads((tmp_path / "summary.json").read_text())

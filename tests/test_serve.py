@@ -672,3 +672,20 @@ def test_lm_agent_answers_with_another_checkpoints_words(params):
     assert event == {"type": "result", "request": "17+25", "text": "".join(said), "error": None}
     text_in = [i for r in replies for i in r.text_in_ids if i != tokenizer.PAD]
     assert text_in == [tokenizer.RESULT, *tokenizer.encode("".join(said), specials=False), tokenizer.END_RESULT]
+
+
+def test_speak_tokens_become_the_spaces_between_the_model_s_words():
+    """SPEAK starts each word: the reply text puts a space before every word but the first of a line,
+    across chunk boundaries; EOT ends the line, and the next line starts without one."""
+    script = {  # four TEXT_OUT slots a chunk
+        1: _ids("<speak>Sur"),
+        2: _ids("e,<speak>i"),
+        3: _ids("t's<speak>"),
+        4: _ids("four"),
+        5: _ids(".<eot>"),
+        7: _ids("<speak>Bye"),
+        8: _ids("<eot>"),
+    }
+    replies = asyncio.run(direct(ScriptedEngine(script), client_chunks(0, 9), seed=0))
+    assert [r.text for r in replies] == ["", "Sur", "e, i", "t's ", "four", ".", "", "Bye", ""]
+    assert "".join(r.text for r in replies[:6]) == "Sure, it's four."

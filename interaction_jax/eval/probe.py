@@ -44,18 +44,9 @@ class BehaviourProbe:
             self._engine = rollout_engine(self.cfg, params, self.cfg.data.episode_chunks)
         self._engine.params = params  # same shapes: the tick does not recompile
         by_scenario: dict[str, list[dict]] = {}
-        s = self.cfg.stream
         for name, k, ep in self.episodes:
             ro = rollout(self.cfg, params, ep, rng_seed=rollout_seed(name, k, 0), engine=self._engine)
-            metrics = behaviour.episode_metrics(
-                name,
-                ep.annotations,
-                ro.text,
-                s,
-                reference_text=ro.reference_text,
-                energy=ro.energy,
-                reference_energy=ro.reference_energy,
-            )
+            metrics = ro.metrics(ep.annotations)
             by_scenario.setdefault(name, []).append(metrics)
         out: dict[str, float] = {}
         every = behaviour.aggregate([m for ms in by_scenario.values() for m in ms])

@@ -156,6 +156,7 @@ class GateResult:
     value: float | None
     data: float | None  # what the episodes' own reference output scores
     met: bool | None
+    n: int = 0  # the rollouts the value is a mean over (a metric may not apply to every one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,29 +227,6 @@ def plottable(ids: np.ndarray) -> np.ndarray:
     control bytes and stray UTF-8 the plot font has no glyph for; the corpus is ASCII). Specials stay."""
     ids = np.asarray(ids)
     return np.where((ids < 32) | ((ids >= 127) & (ids < tokenizer.NUM_BYTES)), ord("?"), ids)
-
-
-def _episode_metrics(ep: Episode, ro: Rollout, cfg: Config) -> tuple[dict, dict]:
-    s = cfg.stream
-    model = behaviour.episode_metrics(
-        ep.scenario,
-        ep.annotations,
-        ro.text,
-        s,
-        reference_text=ro.reference_text,
-        energy=ro.energy,
-        reference_energy=ro.reference_energy,
-    )
-    reference = behaviour.episode_metrics(
-        ep.scenario,
-        ep.annotations,
-        ro.reference_text,
-        s,
-        reference_text=ro.reference_text,
-        energy=ro.reference_energy,
-        reference_energy=ro.reference_energy,
-    )
-    return model, reference
 
 
 def _write_episode(
@@ -386,19 +364,21 @@ def check_gates(
             stat, data = by_name[gate.scenario].metrics.get(gate.key), by_name[gate.scenario].reference.get(gate.key)
         else:
             continue  # the scenario was not evaluated
-        value = None if stat is None else stat["mean"]
-        out.append(GateResult(gate, value, None if data is None else data["mean"], gate.met(value)))
+        value, n = (None, 0) if stat is None else (stat["mean"], stat["n"])
+        out.append(GateResult(gate, value, None if data is None else data["mean"], gate.met(value), n))
     return tuple(out)
 
 
 def format_gates(results: Sequence[GateResult]) -> str:
-    """The gates as a markdown table: bar, the model's value, the data's, met / not met."""
-    lines = ["| scenario | gate | bar | model | data | |", "|---|---|---:|---:|---:|---|"]
+    """The gates as a markdown table: bar, the model's value and the rollouts it is a mean over (a metric
+    such as `yielded` applies only where the model was talking), the data's value, met / not met."""
+    lines = ["| scenario | gate | bar | model | rollouts | data | |", "|---|---|---:|---:|---:|---:|---|"]
     for r in results:
         pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"
         verdict = {True: "met", False: "**not met**", None: "n/a"}[r.met]
         g = r.gate
-        lines.append(f"| {g.scenario} | {g.label} | {g.op} {pct(g.bar)} | {pct(r.value)} | {pct(r.data)} | {verdict} |")
+        cells = (g.scenario, g.label, f"{g.op} {pct(g.bar)}", pct(r.value), str(r.n), pct(r.data), verdict)
+        lines.append("| " + " | ".join(cells) + " |")
     met = sum(r.met is True for r in results)
     lines.append(f"\n{met} of {len(results)} gates met.")
     return "\n".join(lines)
@@ -461,12 +441,11 @@ def score_episode(
 ) -> tuple[list[Rollout], list[dict], dict]:
     """Roll `ep` out at `rollout_seeds` seeds; (rollouts, metrics per seed, the reference's metrics)."""
     rollouts, metrics = [], []
-    reference = None
     for r in range(rollout_seeds):
         ro = rollout(cfg, params, ep, rng_seed=rollout_seed(ep.scenario, k, r), engine=engine)
-        model, reference = _episode_metrics(ep, ro, cfg)
         rollouts.append(ro)
-        metrics.append(model)
+        metrics.append(ro.metrics(ep.annotations))
+    reference = rollouts[0].reference_metrics(ep.annotations)
     return rollouts, metrics, reference
 
 

@@ -86,6 +86,30 @@ class Rollout:
         """bool [n]: the model's audio energy is above the speaking threshold."""
         return behaviour.audio_active(self.energy, self.stream)
 
+    def metrics(self, annotations: dict) -> dict:
+        """The behaviour metrics of what the model did, against the episode's `annotations` and reference."""
+        return behaviour.episode_metrics(
+            self.scenario,
+            annotations,
+            self.text,
+            self.stream,
+            reference_text=self.reference_text,
+            energy=self.energy,
+            reference_energy=self.reference_energy,
+        )
+
+    def reference_metrics(self, annotations: dict) -> dict:
+        """The same metrics for the episode's own reference output (what the data itself scores)."""
+        return behaviour.episode_metrics(
+            self.scenario,
+            annotations,
+            self.reference_text,
+            self.stream,
+            reference_text=self.reference_text,
+            energy=self.reference_energy,
+            reference_energy=self.reference_energy,
+        )
+
     def model_audio(self, n_iter: int = VOCODER_ITERATIONS) -> np.ndarray:
         """float32 [n · chunk_samples]: the model's mel vocoded, as long as the episode."""
         return vocode(self.mel, self.stream, self.num_chunks * chunk_samples(self.stream), n_iter)

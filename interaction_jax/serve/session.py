@@ -153,7 +153,17 @@ class Session:
         if out.chunk != self.chunk:
             raise RuntimeError(f"session {self.id}: the engine ticked chunk {out.chunk}, expected {self.chunk}")
         events, self._events = self._events, []
-        spoken, requests = bytearray(), []
+        spoken, requests, said = bytearray(), [], []
+
+        def flush() -> None:  # the bytes spoken so far this chunk join the model's current line
+            text = self._decoder.decode(bytes(spoken))
+            spoken.clear()
+            if text:
+                if not self._model_line:
+                    self._model_line_start = self.time_s
+                self._model_line.append(text)
+                said.append(text)
+
         for i in (int(t) for t in out.text):
             if i == tokenizer.PAD:
                 continue
@@ -174,12 +184,10 @@ class Session:
                 if spoken or self._model_line:
                     spoken.append(ord(" "))
             elif i == tokenizer.EOT:
+                flush()
                 self._end_model_line()
-        text = self._decoder.decode(bytes(spoken))
-        if text:
-            if not self._model_line:
-                self._model_line_start = self.time_s
-            self._model_line.append(text)
+        flush()
+        text = "".join(said)
 
         mel = np.clip(out.mel, s.dmel_min, s.dmel_max)
         speaking = bool(behaviour.audio_active(behaviour.chunk_energy(mel[None], s), s)[0])
