@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,7 +19,12 @@ from interaction_jax.train.metrics import read_jsonl
 def test_demo_runs_end_to_end_and_writes_every_artefact(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "interaction_jax.cli", "demo", "--max-minutes", "1", "--episodes", "1"]
-    result = subprocess.run([*cmd, "--out", str(out), "--progress=false"], capture_output=True, text=True, timeout=900)
+    # as a user runs it: one CPU device, not the test session's eight fake ones
+    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "").strip()
+    env = dict(os.environ, XLA_FLAGS=flags)
+    result = subprocess.run(
+        [*cmd, "--out", str(out), "--progress=false"], capture_output=True, text=True, timeout=900, env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     # trained, checkpointed, logged
