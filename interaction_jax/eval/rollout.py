@@ -88,25 +88,20 @@ class Rollout:
 
     def metrics(self, annotations: dict) -> dict:
         """The behaviour metrics of what the model did, against the episode's `annotations` and reference."""
-        return behaviour.episode_metrics(
-            self.scenario,
-            annotations,
-            self.text,
-            self.stream,
-            reference_text=self.reference_text,
-            energy=self.energy,
-            reference_energy=self.reference_energy,
-        )
+        return self._scored(annotations, self.text, self.energy)
 
     def reference_metrics(self, annotations: dict) -> dict:
         """The same metrics for the episode's own reference output (what the data itself scores)."""
+        return self._scored(annotations, self.reference_text, self.reference_energy)
+
+    def _scored(self, annotations: dict, text: np.ndarray, energy: np.ndarray) -> dict:
         return behaviour.episode_metrics(
             self.scenario,
             annotations,
-            self.reference_text,
+            text,
             self.stream,
             reference_text=self.reference_text,
-            energy=self.reference_energy,
+            energy=energy,
             reference_energy=self.reference_energy,
         )
 
