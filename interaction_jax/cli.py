@@ -51,6 +51,11 @@ flags.DEFINE_integer("port", None, "serve: the port to listen on (default serve.
 flags.DEFINE_string(
     "auth-token", None, "serve: clients must send this token (needed to bind beyond loopback); talk: send it"
 )
+flags.DEFINE_multi_string(
+    "allow-origin",
+    [],
+    "serve: a browser page's origin that may connect, e.g. http://localhost:3000 (repeatable; none by default)",
+)
 flags.DEFINE_string("server", "ws://127.0.0.1:8765", "talk: the server's URL")
 flags.DEFINE_string("wav", None, "talk: the input wav (mono or stereo, any rate: resampled to 16 kHz)")
 flags.DEFINE_string("frames", None, "talk: a folder of .png/.npy frames, shown one per frame chunk in name order")
@@ -230,9 +235,23 @@ def cmd_serve(argv: list[str]) -> None:
     from interaction_jax.serve import server
 
     workdir = _require_workdir("serve")
+    # Refused before the model loads and compiles (tens of seconds): the address as --host or --set gives it.
+    hosts = [FLAGS.host] + [a.split("=", 1)[1] for a in reversed(FLAGS.set) if a.startswith("serve.host=")]
+    try:
+        server.check_bind(next((h for h in hosts if h is not None), config_lib.ServeConfig.host), _auth_token())
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     cfg, params, step = _load_checkpoint(workdir)
+    if FLAGS["allow-origin"].value:  # browser pages that may connect, on top of serve.allowed_origins
+        origins = (*cfg.serve.allowed_origins, *FLAGS["allow-origin"].value)
+        cfg = config_lib.validate(
+            dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, allowed_origins=origins)), purpose="serve"
+        )
     print(f"step {step} of {workdir}", flush=True)
-    asyncio.run(server.serve_forever(cfg, params, host=FLAGS.host, port=FLAGS.port, auth_token=_auth_token()))
+    try:
+        asyncio.run(server.serve_forever(cfg, params, host=FLAGS.host, port=FLAGS.port, auth_token=_auth_token()))
+    except server.ServerFailed as e:
+        sys.exit(f"serve: {e}")
 
 
 def cmd_talk(argv: list[str]) -> None:

@@ -203,6 +203,18 @@ class ServeConfig:
     vocoder_iterations: int = 8  # Griffin-Lim iterations per chunk of the model's voice
     host: str = "127.0.0.1"  # another address needs --auth-token
     port: int = 8765  # 0: any free port
+    # Limits on what one client can hold (docs/protocol.md, "Limits"): every one frees what it bounds.
+    max_connections: int = 64  # open WebSocket connections (sessions, handshakes, idle sockets) at once
+    max_handshakes: int = 16  # connections that have not finished hello → ready yet
+    hello_timeout_s: float = 10.0  # a connection that sends no hello this long after connecting is closed
+    outbox_messages: int = 64  # replies and notices waiting for one client; beyond: the client is dropped
+    send_timeout_s: float = 5.0  # one message the client does not take in this long drops the client
+    max_text_backlog: int = 256  # typed-text TEXT_IN tokens waiting per session (4 enter a chunk)
+    token_failures: int = 5  # wrong tokens an address may send per token_window_s before it is refused
+    token_window_s: float = 60.0
+    # Origin headers a browser page may connect with ("http://localhost:3000"); none by default, so no web
+    # page can drive the server; clients that send no Origin (Python, curl, native apps) always may.
+    allowed_origins: tuple[str, ...] = ()
 
 
 KernelChoice = Literal["auto", "xla", "reference", "pallas", "interpret"]
@@ -691,6 +703,19 @@ def validate(cfg: Config, num_devices: int | None = None, purpose: Literal["all"
         )
     if sv.port > 65535:
         raise ConfigError("serve.port", f"{sv.port} is not a TCP port", "use 0 (any free port) to 65535")
+    if sv.max_handshakes > sv.max_connections:
+        raise ConfigError(
+            "serve.max_handshakes",
+            f"{sv.max_handshakes} handshakes cannot be in flight on {sv.max_connections} connections",
+            "set serve.max_handshakes <= serve.max_connections",
+        )
+    for origin in sv.allowed_origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                "serve.allowed_origins",
+                f"{origin!r} is not an origin (a browser sends scheme://host[:port], nothing after)",
+                "write it as e.g. http://localhost:3000",
+            )
     if cfg.mesh.device_kind not in ("cpu", "gpu", "tpu"):
         raise ConfigError("mesh.device_kind", f"unknown kind {cfg.mesh.device_kind!r}", "use cpu, gpu or tpu")
     if not 0.0 < cfg.serve.speak_threshold < 1.0:

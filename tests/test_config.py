@@ -75,6 +75,9 @@ BAD = [
     (["model.d_model"], None, None, "model.d_model", "a.b=c"),
     (["serve.speak_threshold=1.0"], None, None, "serve.speak_threshold", "strictly between 0 and 1"),
     (["train.pad_weight=0"], None, None, "serve.calibrate_pad", "cannot be calibrated"),
+    (["serve.max_handshakes=65"], None, None, "serve.max_handshakes", "cannot be in flight on 64"),
+    (["serve.allowed_origins=[http://a.example/page]"], None, None, "serve.allowed_origins", "is not an origin"),
+    (["serve.outbox_messages=0"], None, None, "serve.outbox_messages", "must be positive"),
 ]
 
 

@@ -356,6 +356,9 @@ BAD_HELLOS = [
     ("video not bool", _hello(video=1), "bad_hello", "'video' must be bool"),
     ("seed out of range", _hello(seed=-1), "bad_hello", "seed must be in [0, 2**32)"),
     ("other version", _hello(version=2), "bad_hello", "protocol version 1, not 2"),
+    ("deep nesting", "[" * 5000 + "]" * 5000, "bad_hello", "JSON nested 5000 deep (at most 4)"),
+    ("huge int", _hello()[:-1] + ', "seed": 1' + "0" * 5000 + "}", "bad_hello", "a number of 5001 characters"),
+    ("lone surrogate", _hello(token="\ud800"), "bad_hello", "not valid UTF-8 (a lone surrogate)"),
 ]
 
 # (name, hello, message after it, error code, message fragment): the session goes on.
@@ -377,6 +380,8 @@ BAD_MESSAGES = [
     ("frame without video", {}, _binary({"frame": True}, PCM + FRAME), "bad_chunk", "without video"),
     ("frame wrong size", {"video": True}, _binary({"frame": True}, PCM + FRAME[:-3]), "bad_chunk", "80×80×3"),
     ("text too long", {}, _binary({"text": "x" * 600}, PCM), "bad_chunk", "limited to 512 UTF-8 bytes"),
+    ("deep header", {}, _binary(None, PCM, raw_header=b"[" * 2000 + b"]" * 2000), "bad_chunk", "nested 2000 deep"),
+    ("huge seq", {}, _binary(None, PCM, raw_header=b'{"seq": 1' + b"0" * 4000 + b"}"), "bad_chunk", "4001 characters"),
     (
         "non-finite samples",
         {"audio_format": "f32"},

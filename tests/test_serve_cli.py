@@ -100,3 +100,17 @@ def test_serve_and_talk_from_a_checkpoint(tmp_path):
         rest, err = server.communicate(timeout=60)
     assert server.returncode == 0, err[-3000:]
     assert "stopped after 11 ticks; 1 connection(s)" in rest  # the bad --text never connected
+
+
+def test_serve_refuses_a_public_bind_without_a_token_before_loading_the_model(tmp_path):
+    # The workdir holds no checkpoint at all: the refusal comes before anything tries to load one.
+    refused = subprocess.run(
+        _cli("serve", "--workdir", str(tmp_path / "no-run"), "--host", "0.0.0.0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last == "binding 0.0.0.0 exposes the model beyond this machine: pass an auth token (--auth-token)"
+    assert "no checkpoint in" not in refused.stderr

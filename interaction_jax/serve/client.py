@@ -61,8 +61,13 @@ class Client:
     ) -> Client:
         ws = await connect(url, max_size=None)
         hello = protocol.Hello(sample_rate, chunk_ms, audio_format, video, token, seed)
-        await ws.send(protocol.encode_hello(hello))
-        message = json.loads(await ws.recv())
+        # A server at its connection cap refuses before the hello: its error is still there to read.
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send(protocol.encode_hello(hello))
+        try:
+            message = json.loads(await ws.recv())
+        except websockets.ConnectionClosed as e:
+            raise SessionError("closed", f"the server closed the connection before ready ({e})") from None
         if message["type"] != "ready":
             await ws.close()
             raise SessionError(message.get("code", "refused"), message.get("message", str(message)))

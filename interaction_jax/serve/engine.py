@@ -100,6 +100,14 @@ def _tick(
     return {"text": outputs["text"], "mel": outputs["mel"], "audio": outputs["audio"]}, cache
 
 
+def _home(params: dict) -> jax.Device:
+    """The device the params live on (the default device when none of them is committed to one)."""
+    for x in jax.tree.leaves(params):
+        if isinstance(x, jax.Array) and x.committed and len(x.devices()) == 1:
+            return next(iter(x.devices()))
+    return jax.devices()[0]
+
+
 @functools.lru_cache(maxsize=8)
 def jitted_tick(cfg: Config):
     """The tick jitted for `cfg`, shared by every engine of that config (one compile per cache shape)."""
@@ -126,7 +134,11 @@ class Engine:
         if self.max_len < stream.chunk_length(s, 0):
             raise ValueError(f"max_len {self.max_len} does not hold one chunk ({stream.chunk_length(s, 0)} tokens)")
         self.sampling = step_lib.Sampling.from_config(cfg)
-        self.cache = init_cache(cfg.model, self.max_sessions, self.max_len)
+        # The cache starts where the tick's outputs will live: a tick's output is committed to a device
+        # whenever an input is (params restored from a checkpoint are), and jit keys its programs on
+        # commitment, so an uncommitted first cache made the first real tick after warm-up compile again.
+        self.cache = jax.device_put(init_cache(cfg.model, self.max_sessions, self.max_len), _home(params))
+        self.warm = False
         self._fn = jitted_tick(cfg)
         self._free = list(range(self.max_sessions))
         self._seeds = np.zeros(self.max_sessions, np.uint32)
@@ -173,8 +185,10 @@ class Engine:
         return self._fn._cache_size()
 
     def warm_up(self) -> None:
-        """Compile the tick with every row idle (nothing changes in the cache)."""
+        """Compile the tick with every row idle (nothing changes in the cache); afterwards the cache is a
+        tick's output, as before every real tick, so the compile count stays where it is."""
         self.tick({})
+        self.warm = True
 
     def _block(self, inputs: Mapping[int, ChunkInput]) -> dict[str, np.ndarray]:
         for slot in inputs:

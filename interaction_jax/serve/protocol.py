@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,12 @@ VERSION = 1
 AUDIO_FORMATS = {"pcm16": np.dtype("<i2"), "f32": np.dtype("<f4")}
 MAX_HEADER_BYTES = 4096
 MAX_TEXT_BYTES = 512  # typed text per chunk
+# Every message of the protocol is a flat object; the bounds keep a hostile one from reaching the JSON
+# parser's recursion limit or Python's int-from-string limit (both raise past the usual decode errors).
+MAX_JSON_DEPTH = 4
+MAX_NUMBER_CHARS = 24  # digits (and sign, point, exponent) of one JSON number: every field fits in 20
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^][{}]")
 _LENGTH = struct.Struct("<I")
 
 
@@ -67,18 +75,80 @@ def _check_fields(obj: Any, what: str, required: dict[str, tuple], optional: dic
             raise ProtocolError(code, f"{what}: field {name!r} must be {names}, got {obj[name]!r}", fatal)
 
 
+def _number(kind: type):
+    def parse(digits: str):
+        if len(digits) > MAX_NUMBER_CHARS:
+            raise _TooLong(f"a number of {len(digits)} characters (at most {MAX_NUMBER_CHARS})")
+        return kind(digits)
+
+    return parse
+
+
+class _TooLong(ValueError):
+    pass
+
+
+class _NotUtf8(ValueError):
+    pass
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of objects and arrays in `text` (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for c in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def _check_utf8(obj: Any) -> None:
+    """Strict UTF-8: a \\ud800 escape decodes to a lone surrogate, which no UTF-8 encoder (the tokenizer's,
+    json.dumps(ensure_ascii=False)'s) accepts later; it is refused here, at the boundary."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        for s in (key, value):
+            if isinstance(s, str):
+                try:
+                    s.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise _NotUtf8(f"a string is not valid UTF-8 (a lone surrogate): {s[:40]!r}") from None
+        _check_utf8(value)
+
+
 def parse_json(text: str | bytes, code: str, fatal: bool) -> Any:
+    """`text` as JSON, nested at most MAX_JSON_DEPTH deep, numbers of at most MAX_NUMBER_CHARS, strict UTF-8."""
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        if (depth := _json_depth(text)) > MAX_JSON_DEPTH:
+            raise ProtocolError(code, f"JSON nested {depth} deep (at most {MAX_JSON_DEPTH})", fatal)
+        obj = json.loads(text, parse_int=_number(int), parse_float=_number(float))
+        _check_utf8(obj)
+        return obj
+    except (json.JSONDecodeError, UnicodeDecodeError, _TooLong) as e:
         raise ProtocolError(code, f"not valid JSON ({e})", fatal) from None
+    except _NotUtf8 as e:
+        raise ProtocolError(code, str(e), fatal) from None
 
 
-def decode_hello(message: str | bytes, cfg: Config, *, video_available: bool) -> Hello:
-    """The client's first message; every problem is fatal (there is no session to keep yet)."""
+def decode_hello(
+    message: str | bytes, cfg: Config, *, video_available: bool, token_ok: Callable[[str | None], bool] | None = None
+) -> Hello:
+    """The client's first message; every problem is fatal (there is no session to keep yet).
+
+    `token_ok` (a server with a token) is asked first, before any field is checked, so that a client
+    without the token learns nothing about the stream from the errors: only that its token is wrong.
+    """
     if isinstance(message, bytes):
         raise ProtocolError("no_hello", "the first message must be a hello (a JSON text message), not a chunk", True)
     obj = parse_json(message, "bad_hello", True)
+    if token_ok is not None:
+        token = obj.get("token") if isinstance(obj, dict) else None
+        if not token_ok(token if isinstance(token, str) else None):
+            raise ProtocolError("bad_token", "missing or wrong token", True)
     _check_fields(
         obj,
         "hello",
@@ -170,7 +240,7 @@ def decode_chunk(message: bytes, cfg: Config, hello: Hello) -> ClientChunk:
     if header.get("seq", 0) < 0:
         raise ProtocolError("bad_chunk", f"seq must be >= 0, got {header['seq']}")
     text = header.get("text", "")
-    if len(text.encode("utf-8", errors="surrogatepass")) > MAX_TEXT_BYTES:
+    if len(text.encode("utf-8")) > MAX_TEXT_BYTES:  # parse_json has refused what is not strict UTF-8
         raise ProtocolError("bad_chunk", f"typed text is limited to {MAX_TEXT_BYTES} UTF-8 bytes per chunk")
     n = chunk_samples(cfg.stream)
     dtype = AUDIO_FORMATS[hello.audio_format]

@@ -103,6 +103,11 @@ class Session:
 
     # -- TEXT_IN
 
+    @property
+    def text_backlog(self) -> int:
+        """TEXT_IN tokens (typed text, results) waiting to enter the model, `text_in_slots` a chunk."""
+        return len(self._text_in)
+
     def _enqueue(self, ids: list[int]) -> None:
         self._text_in.extend(ids)
         self._queued += len(ids)
