@@ -408,3 +408,15 @@ def test_healthz_and_metrics_on_the_same_port(engine):
         "interaction_jax_sessions_open 0",
         'interaction_jax_sessions_closed_total{reason="client"} 1',
     } <= after_lines
+
+
+def test_a_server_shutting_down_tells_its_sessions_why(engine):
+    async def main():
+        async with serving(engine) as (server, url):
+            client = await Client.connect(url)
+        with pytest.raises(SessionError, match="server shutting down"):
+            await client.recv_reply()
+        await client.ws.wait_closed()
+        return client.ws.close_code, client.ws.close_reason, dict(server.manager.closed_by_kind)
+
+    assert asyncio.run(main()) == (1000, "shutdown", {"shutdown": 1})

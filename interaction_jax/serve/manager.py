@@ -334,8 +334,11 @@ class SessionManager:
         """The engine failed: log it, close every session with the reason, refuse new ones."""
         logging.error("the engine failed: %s", error, exc_info=(type(error), error, error.__traceback__))
         self.failure = error
+        self.close_all(f"the server's engine failed: {error}", "engine_failed")
+
+    def close_all(self, reason: str, kind: str) -> None:
         for x in list(self.sessions.values()):
-            self.close(x, f"the server's engine failed: {error}", kind="engine_failed")
+            self.close(x, reason, kind)
 
     async def run(self) -> None:
         """Tick forever by the clock (cancel the task to stop)."""
@@ -359,8 +362,7 @@ class SessionManager:
                     await self.tick()
 
     async def shutdown(self) -> None:
-        for x in list(self.sessions.values()):
-            self.close(x, "server shutting down", kind="shutdown")
+        self.close_all("server shutting down", "shutdown")
         await self._on_worker(lambda: None)  # the last engine call has finished
         self._worker.shutdown(wait=True)
 

@@ -81,6 +81,7 @@ class Server:
         self.handshakes = 0  # connections between accept and ready (or refusal)
         self.errors: collections.Counter[str] = collections.Counter()  # error code sent → count
         self._token_failures: dict[str, collections.deque[float]] = {}  # address → times of wrong tokens
+        self._senders: set[asyncio.Task] = set()  # each session's outbox sender
         self.failed = asyncio.Event()  # the engine failed: the server stops (see serve_until_stopped)
 
     @contextlib.asynccontextmanager
@@ -103,7 +104,12 @@ class Server:
                 origins=[None, *self.allowed_origins],
                 process_request=self._http,
             ) as server:
-                yield server
+                try:
+                    yield server
+                finally:  # tell the sessions before the WebSocket server closes their connections (1001)
+                    self.manager.close_all("server shutting down", "shutdown")
+                    if self._senders:
+                        await asyncio.wait(self._senders, timeout=self.limits.send_timeout_s)
         finally:
             ticking.cancel()
             with contextlib.suppress(asyncio.CancelledError, EngineFailed):  # a failure is in manager.failure
@@ -218,6 +224,8 @@ class Server:
 
     async def _session(self, ws: ServerConnection, live: LiveSession, hello: protocol.Hello) -> None:
         sender = asyncio.create_task(self._send_outbox(ws, live))
+        self._senders.add(sender)
+        sender.add_done_callback(self._senders.discard)
         reason, kind = "the client disconnected", "disconnect"
         try:
             async for message in ws:
