@@ -170,6 +170,56 @@ def test_rms_norm_matches_and_rows_are_independent(implementation):
 
 
 # ----------------------------------------------------------------------------------------------
+# Gradients: the kernels' forward, the XLA functions' backward
+
+
+def _grads(fn, *args):
+    return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=tuple(range(len(args)))))(*args)
+
+
+@pytest.mark.parametrize("implementation", ["interpret_gpu"])
+def test_kernel_gradients_match_xla_and_the_forward_is_the_kernels(implementation):
+    rng = np.random.default_rng(11)
+    lengths = [200, 77]
+    q, k, v, positions, kv_lengths = _attention_case(
+        rng, b=2, t=5, hq=4, hkv=2, d=64, s=256, lengths=lengths, start=[195, 70]
+    )
+    x, w = _matmul_inputs()
+    scale = rng.standard_normal(200).astype(np.float32)
+    cases = {
+        "split_kv_attention": (
+            lambda q, k, v: split_kv_attention(
+                q, k, v, positions, kv_lengths, config=ATTENTION, implementation=implementation
+            ),
+            lambda q, k, v: attention_reference.softmax_attention(q, k, v, positions, kv_lengths, scale=64**-0.5),
+            (q, k, v),
+        ),
+        "bi_matmul": (
+            lambda x, w: bi_matmul(x, w, config=MATMUL, implementation=implementation),
+            lambda x, w: jnp.dot(x, w, precision="highest"),
+            (x, w),
+        ),
+        "rms_norm": (
+            lambda x, s: rms_norm(x, s, eps=1e-6, implementation=implementation),
+            lambda x, s: x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6) * s,
+            (x, scale),
+        ),
+    }
+    for name, (kernel, xla, args) in cases.items():
+        value, grads = _grads(kernel, *args)
+        # the value under differentiation is the kernel's own forward, bit for bit
+        forward = jax.jit(lambda *a, kernel=kernel: jnp.sum(kernel(*a) ** 2))
+        assert_bitwise(value, forward(*args), f"{name}: forward under grad")
+        # the reference sees zeros where the cache is unwritten (NaN): the kernel's gradient must not see them
+        want_value, want = _grads(xla, *(jnp.nan_to_num(jnp.asarray(a)) for a in args))
+        np.testing.assert_allclose(float(value), float(want_value), rtol=1e-5, err_msg=name)
+        for i, (g, g_want) in enumerate(zip(grads, want, strict=True)):
+            assert np.isfinite(np.asarray(g)).all(), f"{name}: gradient {i} is not finite"
+            g_want = np.asarray(g_want)  # float32 sums in another order: tolerance on the gradient's scale
+            np.testing.assert_allclose(g, g_want, rtol=1e-4, atol=1e-5 * np.abs(g_want).max(), err_msg=f"{name} {i}")
+
+
+# ----------------------------------------------------------------------------------------------
 # The frame
 
 

@@ -4,7 +4,8 @@
     y = bi_matmul(x, w, config=MatmulConfig(bm=64, bn=128, bk=128), implementation="interpret")
 
 Fixed tiles from the config (never from the batch), float32 accumulation, no split-K. A K that is not
-a multiple of bk is zero-padded (zeros add exactly nothing).
+a multiple of bk is zero-padded (zeros add exactly nothing). Differentiable whatever the
+implementation: the backward pass is that of XLA's dot with float32 accumulation.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.autodiff import with_vjp_of
 from pallas_kernels.bi_matmul import gpu, reference, tpu
 from pallas_kernels.registry import resolve
 
@@ -50,5 +52,9 @@ def bi_matmul(
         x2, w = jnp.pad(x2, ((0, 0), (0, pad))), jnp.pad(w, ((0, pad), (0, 0)))
     out_dtype = jnp.result_type(x.dtype, w.dtype) if out_dtype is None else out_dtype
     fn = resolve("bi_matmul", implementation, VARIANTS)
-    y = fn(x2, w, bm=config.bm, bn=config.bn, bk=config.bk, out_dtype=out_dtype)
+    matmul = with_vjp_of(
+        lambda x2, w: fn(x2, w, bm=config.bm, bn=config.bn, bk=config.bk, out_dtype=out_dtype),
+        lambda x2, w: jnp.dot(x2, w, preferred_element_type=jnp.float32).astype(out_dtype),
+    )
+    y = matmul(x2, w)
     return y.reshape(*lead, w.shape[1])

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from pallas_kernels import gpu_params
+
 
 def _kernel(x_ref, w_ref, o_ref, *, bk: int):
     def body(i, acc):
@@ -32,6 +34,7 @@ def bi_matmul(x, w, *, bm, bn, bk, out_dtype, interpret=False):
         in_specs=[pl.BlockSpec((bm, k), lambda i, j: (i, 0)), pl.BlockSpec((k, bn), lambda i, j: (0, j))],
         out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
         out_shape=jax.ShapeDtypeStruct((m, n), out_dtype),
+        compiler_params=gpu_params.triton(num_warps=4, num_stages=3),
         interpret=interpret,
         name="bi_matmul",
     )(x, w)

@@ -16,38 +16,52 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels import gpu_params
 from pallas_kernels.moe.kernel import combine_call, epilogue
 
 
 def _whole(shape):
+    """The whole array as one block: for Triton a pointer to it in HBM (nothing is staged in shared
+    memory); a program loads only the [dot_rows, block_k] tiles it names."""
     return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
+
+
+def dot_rows(block_rows: int) -> int:
+    """The rows of a tile as the dot sees it: Triton's `dot` takes at least 16 rows."""
+    if block_rows & (block_rows - 1):
+        raise ValueError(f"block_rows must be a power of two on GPUs (Triton), got {block_rows}")
+    return max(block_rows, 16)
 
 
 def _kernel(expert_ref, row_ref, live_ref, x_ref, *refs, block_rows, block_k, repeat_row, silu):
     *w_refs, o_ref = refs
     p, n = pl.program_id(0), pl.program_id(1)
     live = live_ref[p] != 0
+    rows = o_ref.shape[0]
 
     @pl.when(live)
     def _():
         e = expert_ref[p]
         columns = pl.ds(pl.multiple_of(n * block_k, block_k), block_k)
+        # gmm: the tile's block_rows rows, the rest of the dot's rows masked to zero (never read)
+        in_tile = jax.lax.broadcasted_iota(jnp.int32, (rows, block_k), 0) < block_rows
 
         def step(kb, accs):
-            lo = pl.multiple_of(kb * block_k, block_k)
+            lo = pl.ds(pl.multiple_of(kb * block_k, block_k), block_k)
             if repeat_row:
-                tile = jnp.broadcast_to(x_ref[pl.ds(row_ref[p], 1), pl.ds(lo, block_k)], (block_rows, block_k))
+                tile = jnp.broadcast_to(x_ref[pl.ds(row_ref[p], 1), lo], (rows, block_k))
             else:
-                tile = x_ref[pl.ds(row_ref[p] * block_rows, block_rows), pl.ds(lo, block_k)]
+                tile = pltriton.load(x_ref.at[pl.ds(row_ref[p] * block_rows, rows), lo], mask=in_tile, other=0)
             return tuple(
-                acc + jnp.dot(tile, w[e, pl.ds(lo, block_k), columns], preferred_element_type=jnp.float32)
-                for acc, w in zip(accs, w_refs, strict=True)
+                acc + jnp.dot(tile, w_ref[e, lo, columns], preferred_element_type=jnp.float32)
+                for acc, w_ref in zip(accs, w_refs, strict=True)
             )
 
-        zeros = tuple(jnp.zeros((block_rows, block_k), jnp.float32) for _ in w_refs)
+        zeros = tuple(jnp.zeros((rows, block_k), jnp.float32) for _ in w_refs)
         accs = jax.lax.fori_loop(0, x_ref.shape[1] // block_k, step, zeros)
-        o_ref[...] = epilogue(accs, silu)[: o_ref.shape[0]].astype(o_ref.dtype)
+        o_ref[...] = epilogue(accs, silu).astype(o_ref.dtype)
 
     @pl.when(jnp.logical_not(live))
     def _():
@@ -59,12 +73,13 @@ def expert_matmul(x, weights, expert, row, live, *, out_dtype, silu, repeat_row,
 
     x [rows, K]; weights: one or two [E, K, N]; expert, row, live: int32 [P]. With `repeat_row`,
     program p's tile is x[row[p]] repeated and out is [P, N]; otherwise it is x[row[p]·block_rows :
-    (row[p]+1)·block_rows] and out is [P·block_rows, N].
+    (row[p]+1)·block_rows] and out is [P·block_rows, N]. Each program writes its whole dot tile
+    (Triton cannot slice a value); the rows that are not the tile's are dropped here.
     """
     n_programs, n_dim = expert.shape[0], weights[0].shape[2]
-    out_rows = 1 if repeat_row else block_rows
+    rows = dot_rows(block_rows)
     kernel = functools.partial(_kernel, block_rows=block_rows, block_k=block_k, repeat_row=repeat_row, silu=silu)
-    return pl.pallas_call(
+    out = pl.pallas_call(
         kernel,
         grid=(n_programs, n_dim // block_k),
         in_specs=[
@@ -74,12 +89,14 @@ def expert_matmul(x, weights, expert, row, live, *, out_dtype, silu, repeat_row,
             _whole(x.shape),
             *(_whole(w.shape) for w in weights),
         ],
-        out_specs=pl.BlockSpec((out_rows, block_k), lambda p, n: (p, n)),
-        out_shape=jax.ShapeDtypeStruct((n_programs * out_rows, n_dim), out_dtype),
+        out_specs=pl.BlockSpec((None, rows, block_k), lambda p, n: (p, 0, n)),
+        out_shape=jax.ShapeDtypeStruct((n_programs, rows, n_dim), out_dtype),
+        compiler_params=gpu_params.triton(num_warps=4, num_stages=3),
         interpret=interpret,
         name="moe_expert_matmul",
     )(expert, row, live, x, *weights)
+    return out[:, 0] if repeat_row else out[:, :block_rows].reshape(-1, n_dim)
 
 
 def combine(y, weights, *, interpret=False):
-    return combine_call(y, weights, interpret=interpret)
+    return combine_call(y, weights, block_tokens=1, compiler_params=gpu_params.triton(), interpret=interpret)

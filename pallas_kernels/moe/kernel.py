@@ -12,8 +12,6 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels.moe.reference import combine
-
 
 def epilogue(accs: tuple[jax.Array, ...], silu: bool) -> jax.Array:
     """The gate and up products → the SwiGLU hidden silu(g) · u (`silu`); else the one product."""
@@ -21,23 +19,33 @@ def epilogue(accs: tuple[jax.Array, ...], silu: bool) -> jax.Array:
 
 
 def combine_kernel(y_ref, w_ref, o_ref) -> None:
-    """One token's k slot outputs y [k, D] weighted by w [k] (as [k, 1]) and summed in slot order."""
-    o_ref[...] = combine(y_ref[...][None], w_ref[...][None, :, 0])[0]
+    """Tokens' k slot outputs y [R, k·D] weighted by w [k, R, 1] and summed in slot order → o [R, D].
+
+    The slots are lane-aligned column blocks of y read through the ref (Triton cannot slice a loaded
+    value); the arithmetic is `reference.combine`'s, element for element."""
+    d = o_ref.shape[1]
+    out = w_ref[0] * y_ref[:, pl.ds(0, d)]
+    for j in range(1, w_ref.shape[0]):
+        out = out + w_ref[j] * y_ref[:, pl.ds(j * d, d)]
+    o_ref[...] = out
 
 
-def combine_call(y, weights, **pallas_options):
-    """The slot combine as one program per token: y [T, k, D], weights [T, k] → float32 [T, D].
+def combine_call(y, weights, *, block_tokens: int, **pallas_options):
+    """The slot combine, `block_tokens` tokens per program: y [T, k, D], weights [T, k] → float32 [T, D].
 
-    The same call on both backends (its blocks keep whole last dimensions); `pallas_options` carries
-    the backend's `interpret` setting.
+    y is read as [T, k·D] (a free reshape) and the weights as [k, T, 1], so every block keeps its last
+    two dimensions whole or tiled: the TPU takes 8 tokens a block (its (8, 128) rule; fewer tokens
+    are one whole block), the GPU one. `pallas_options` carries the backend's compiler parameters and
+    `interpret` setting.
     """
     t, k, d = y.shape
+    rows = t if t < block_tokens else block_tokens
     return pl.pallas_call(
         combine_kernel,
-        grid=(t,),
-        in_specs=[pl.BlockSpec((None, k, d), lambda i: (i, 0, 0)), pl.BlockSpec((None, k, 1), lambda i: (i, 0, 0))],
-        out_specs=pl.BlockSpec((None, d), lambda i: (i, 0)),
+        grid=(pl.cdiv(t, rows),),
+        in_specs=[pl.BlockSpec((rows, k * d), lambda i: (i, 0)), pl.BlockSpec((k, rows, 1), lambda i: (0, i, 0))],
+        out_specs=pl.BlockSpec((rows, d), lambda i: (i, 0)),
         out_shape=jax.ShapeDtypeStruct((t, d), jnp.float32),
         name="moe_combine",
         **pallas_options,
-    )(y, weights.astype(jnp.float32)[..., None])
+    )(y.reshape(t, k * d), weights.astype(jnp.float32).T[..., None])

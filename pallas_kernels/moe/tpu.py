@@ -85,4 +85,5 @@ def expert_matmul(x, weights, expert, row, live, *, out_dtype, silu, repeat_row,
 
 
 def combine(y, weights, *, interpret=False):
-    return combine_call(y, weights, **_interpret(interpret))
+    params = pltpu.CompilerParams(dimension_semantics=("parallel",))
+    return combine_call(y, weights, block_tokens=8, compiler_params=params, **_interpret(interpret))

@@ -6,7 +6,8 @@
 q [B, T, Hq, D]; k, v [B, S, Hkv, D] (Hq a multiple of Hkv); positions int [B, T]: the cache slot of
 each query (it sees slots <= its position); kv_lengths int [B]: slots written per row. Decode (T = 1)
 and prefill (T up to a window) take the same path. A capacity S that is not a multiple of split_size
-is padded (a copy: size caches in multiples of it).
+is padded (a copy: size caches in multiples of it). Differentiable whatever the implementation: the
+backward pass is that of the plain masked softmax (`reference.softmax_attention`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.autodiff import with_vjp_of
 from pallas_kernels.registry import resolve
 from pallas_kernels.split_kv_attention import gpu, reference, tpu
 
@@ -62,13 +64,16 @@ def split_kv_attention(
     if pad:
         k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (k, v))
     fn = resolve("split_kv_attention", implementation, VARIANTS)
-    return fn(
-        q,
-        k,
-        v,
-        positions.astype(jnp.int32),
-        kv_lengths.astype(jnp.int32),
-        split_size=config.split_size,
-        block_kv=config.block_kv,
-        scale=d**-0.5 if scale is None else float(scale),
-    )
+    scale = d**-0.5 if scale is None else float(scale)
+    sizes = {"split_size": config.split_size, "block_kv": config.block_kv, "scale": scale}
+    attention = with_vjp_of(lambda *args: fn(*args, **sizes), lambda *args: _softmax_for_grad(*args, scale=scale))
+    return attention(q, k, v, positions.astype(jnp.int32), kv_lengths.astype(jnp.int32))
+
+
+def _softmax_for_grad(q, k, v, positions, kv_lengths, *, scale):
+    """The plain softmax with the slots no query of a row sees zeroed: they get no gradient and, were
+    they unwritten (NaN), 0 · NaN would still poison the others' gradients."""
+    last = jnp.max(reference.last_visible(positions, kv_lengths), axis=1)  # [B]
+    seen = (jnp.arange(k.shape[1])[None, :] <= last[:, None])[:, :, None, None]
+    k, v = (jnp.where(seen, x, jnp.zeros((), x.dtype)) for x in (k, v))
+    return reference.softmax_attention(q, k, v, positions, kv_lengths, scale=scale)

@@ -1,0 +1,95 @@
+"""Every kernel, compiled for real targets on a CPU-only machine (marker `compile`).
+
+The interpreted tests check the numerics; these check what only the real compilers check: the full
+deviceless TPU compile (Mosaic's tiling and layout passes, then XLA) for v5e and v5p with libtpu,
+and the Pallas → Triton lowering for CUDA. The shapes are in `pallas_kernels.compile_cases`. Without
+libtpu (`pip install -e ".[tpu-compile]"`) the TPU half skips, unless PALLAS_KERNELS_REQUIRE_LIBTPU=1
+(as CI sets it), where a missing libtpu fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.experimental import pallas as pl
+
+from pallas_kernels import compile_check
+from pallas_kernels.compile_cases import CASES
+
+pytestmark = pytest.mark.compile
+
+CASE_PARAMS = [pytest.param(case, id=case.name.replace(" ", "-")) for case in CASES]
+
+
+def _need_libtpu():
+    if compile_check.libtpu_available():
+        return
+    if os.environ.get("PALLAS_KERNELS_REQUIRE_LIBTPU") == "1":
+        pytest.fail("libtpu is not installed but PALLAS_KERNELS_REQUIRE_LIBTPU=1: pip install -e '.[tpu-compile]'")
+    pytest.skip("libtpu is not installed (pip install -e '.[tpu-compile]'): no deviceless TPU compile")
+
+
+def _nbytes(specs) -> int:
+    return sum(s.size * jnp.dtype(s.dtype).itemsize for s in specs)
+
+
+@pytest.mark.parametrize("target", ["v5e", "v5p"])
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_kernel_compiles_for_tpu(case, target):
+    _need_libtpu()
+    compiled = compile_check.compile_tpu(case.tpu, case.specs, target)
+    assert "tpu_custom_call" in compiled.as_text(), f"{case.name}: no Mosaic kernel in the {target} executable"
+    facts = compile_check.tpu_facts(compiled)
+    # every input is an argument of the executable (small ones padded to the TPU's tiles)
+    assert _nbytes(case.specs) <= facts["argument bytes"] < _nbytes(case.specs) + 2**20, facts
+    assert facts["bytes accessed"] > 0, facts
+
+
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_kernel_lowers_to_triton_for_cuda(case):
+    module = compile_check.lower_cuda(case.gpu, case.specs)
+    calls = set(re.findall(r"stablehlo\.custom_call @([\w$.]+)", module))
+    assert compile_check.TRITON_CALL in calls, f"{case.name}: no Triton kernel in {sorted(calls)}"
+    assert not any("mosaic" in c for c in calls), f"{case.name}: routed to Mosaic GPU: {sorted(calls)}"
+
+
+# The checks must be able to fail: kernels the interpreter accepts but the real compilers refuse.
+
+
+def _one_row_blocks(x, interpret=False):  # a [1, D] block of an [8, D] array breaks Mosaic's (8, 128) tiling
+    return pl.pallas_call(
+        lambda x_ref, o_ref: o_ref.__setitem__(..., x_ref[...] * 2),
+        grid=(x.shape[0],),
+        in_specs=[pl.BlockSpec((1, x.shape[1]), lambda i: (i, 0))],
+        out_specs=pl.BlockSpec((1, x.shape[1]), lambda i: (i, 0)),
+        out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+        interpret=interpret,
+    )(x)
+
+
+def _value_slice(x):  # Triton cannot slice a loaded value
+    from pallas_kernels import gpu_params
+
+    return pl.pallas_call(
+        lambda x_ref, o_ref: o_ref.__setitem__(..., x_ref[...][:8] + x_ref[...][8:]),
+        out_shape=jax.ShapeDtypeStruct((8, x.shape[1]), x.dtype),
+        compiler_params=gpu_params.triton(),
+    )(x)
+
+
+def test_the_tpu_compile_refuses_what_the_interpreter_accepts():
+    _need_libtpu()
+    spec = jax.ShapeDtypeStruct((8, 4096), jnp.float32)
+    interpreted = _one_row_blocks(jnp.ones(spec.shape, spec.dtype), interpret=True)
+    assert float(interpreted[7, 0]) == 2.0
+    with pytest.raises(Exception, match="divisible by 8 and 128"):
+        compile_check.compile_tpu(_one_row_blocks, [spec], "v5e")
+
+
+def test_the_cuda_lowering_refuses_a_value_slice():
+    with pytest.raises(Exception, match="Triton lowering: slice"):
+        compile_check.lower_cuda(_value_slice, [jax.ShapeDtypeStruct((16, 128), jnp.float32)])
