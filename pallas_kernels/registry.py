@@ -4,7 +4,8 @@
 - "pallas": the Pallas kernel compiled for the default backend (`gpu.py` on GPUs, `tpu.py` on TPUs).
 - "interpret": the same kernel run by the Pallas interpreter: on CPU the GPU variant (`interpret=True`);
   "interpret_tpu" runs the TPU variant under `pltpu.InterpretParams()`.
-- "pallas_gpu", "pallas_tpu", "interpret_gpu": one variant by name.
+- "pallas_gpu", "pallas_tpu", "interpret_gpu": one variant by name (a compiled one even on a CPU host:
+  what a deviceless compile for a GPU or TPU traces).
 - a callable: used as it is (it takes the op's arguments).
 - None: the default for the backend: "pallas" on GPU and TPU, "reference" on CPU.
 """
@@ -36,10 +37,12 @@ def resolve(
     if name == "reference":
         return variants["reference"]
     mode, _, variant = name.partition("_")
+    if mode == "pallas" and not variant and backend == "cpu":
+        raise ValueError(f"{op}: implementation {name!r} compiles a GPU or TPU kernel; on CPU use 'interpret'")
+    # A named variant ("pallas_tpu") is that kernel whatever the default backend: a deviceless compile
+    # for a TPU traces it on a CPU host.
     if not variant:
         variant = "tpu" if backend == "tpu" else "gpu"
-    if mode == "pallas" and backend == "cpu":
-        raise ValueError(f"{op}: implementation {name!r} compiles a {variant.upper()} kernel; on CPU use 'interpret'")
     fn = variants[variant]
     interpret = mode == "interpret"
     return lambda *args, **kwargs: fn(*args, interpret=interpret, **kwargs)

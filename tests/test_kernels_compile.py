@@ -93,3 +93,72 @@ def test_the_tpu_compile_refuses_what_the_interpreter_accepts():
 def test_the_cuda_lowering_refuses_a_value_slice():
     with pytest.raises(Exception, match="Triton lowering: slice"):
         compile_check.lower_cuda(_value_slice, [jax.ShapeDtypeStruct((16, 128), jnp.float32)])
+
+
+# The model with every kernel in it: `kernels.alignment=bitwise`, `model.moe_dispatch=auto`, sizes that
+# meet the TPU's (8, 128) rule (d_model and the expert width 128), one layer.
+MODEL_OVERRIDES = [
+    "model.n_layers=1",
+    "model.d_model=128",
+    "model.expert_mlp=128",
+    "model.flow_hidden=128",
+    "model.flow_blocks=1",
+    "train.window_chunks=5",
+    "data.episode_chunks=45",
+    "kernels.alignment=bitwise",
+    "model.moe_dispatch=auto",
+    "kernels.moe_block_k=128",
+    "kernels.split_size=128",
+    "kernels.block_kv=128",
+]
+
+
+MODEL_KERNELS = ("split_kv_attention_splits", "split_kv_attention_combine", "bi_matmul", "rms_norm")
+MODEL_KERNELS += ("moe_expert_matmul", "moe_combine")
+
+
+def _model_programs():
+    """(name, fn, argument specs) of the training gradient and a `microturn`, as flat functions."""
+    from interaction_jax import config as config_lib
+    from interaction_jax.model import cache as kv_cache
+    from interaction_jax.model import step as step_lib
+    from interaction_jax.testing import microturn_block, random_batch, random_chunks
+
+    cfg = config_lib.validate(config_lib.override(config_lib.preset("tiny"), MODEL_OVERRIDES))
+    specs = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+    params = jax.eval_shape(lambda: step_lib.init_params(cfg, jax.random.key(0)))
+    batch = specs(random_batch(cfg.stream, 5, batch=1, seed=0))
+    cache = jax.eval_shape(lambda: kv_cache.init_cache(cfg.model, 2, 256))
+    block = specs(microturn_block(cfg.stream, random_chunks(cfg.stream, 0, 1, 0) * 2))
+    sampling = step_lib.Sampling.from_config(cfg)
+
+    def loss_and_grads(p, b):
+        return jax.value_and_grad(lambda p: step_lib.loss_fn(p, b, jax.random.key(1), cfg=cfg)[0])(p)
+
+    def turn(p, c, blk):
+        return step_lib.microturn(p, c, blk, jax.random.key(0), sampling, cfg=cfg)
+
+    for name, fn, args in (
+        ("train gradient", loss_and_grads, (params, batch)),
+        ("microturn", turn, (params, cache, block)),
+    ):
+        tree = jax.tree.structure(args)
+        # a new function object per call: jit caches traces by function, and the target is not in its key
+        yield name, lambda *leaves, fn=fn, tree=tree: fn(*jax.tree.unflatten(tree, leaves)), jax.tree.leaves(args)
+
+
+@pytest.mark.parametrize("target", ["v5e", "cuda"])
+def test_the_bitwise_model_compiles_with_every_kernel(target):
+    from interaction_jax.model import kernels
+
+    if target != "cuda":
+        _need_libtpu()
+    for name, fn, specs in _model_programs():
+        with kernels.compiled_for("gpu" if target == "cuda" else "tpu"):
+            if target == "cuda":
+                text = compile_check.lower_cuda(fn, specs)
+            else:
+                text = compile_check.compile_tpu(fn, specs, target).as_text()
+        # every kernel is in the program (the backward passes are the XLA VJPs)
+        missing = [k for k in MODEL_KERNELS if k not in text]
+        assert not missing, f"{name} for {target}: no {missing} in the compiled program"

@@ -6,6 +6,8 @@ Modules call these three functions instead of `einsum` / their own norm / `atten
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 
@@ -15,8 +17,26 @@ from interaction_jax.config import KernelsConfig
 FAST = KernelsConfig()
 
 
+_TARGET: list[str] = []  # set by `compiled_for`
+
+
+@contextlib.contextmanager
+def compiled_for(target: str):
+    """Trace the Pallas kernels compiled for `target` ("gpu" or "tpu") whatever the default backend:
+    how a CPU host compiles the bitwise model for a TPU or GPU it does not have (deviceless)."""
+    if target not in ("gpu", "tpu"):
+        raise ValueError(f"compiled_for: target must be 'gpu' or 'tpu', got {target!r}")
+    _TARGET.append(target)
+    try:
+        yield
+    finally:
+        _TARGET.pop()
+
+
 def _kernel_implementation() -> str:
-    """The Pallas kernels compiled on GPU/TPU, interpreted elsewhere."""
+    """The Pallas kernels compiled on GPU/TPU (or for the `compiled_for` target), interpreted elsewhere."""
+    if _TARGET:
+        return f"pallas_{_TARGET[-1]}"
     return "pallas" if jax.default_backend() in ("gpu", "tpu") else "interpret"
 
 
