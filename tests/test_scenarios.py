@@ -342,12 +342,17 @@ def test_backchannel():
         a = ep.annotations
         speech = a["user_speech"]
         gaps = [(previous[1], following[0]) for previous, following in itertools.pairwise(speech)]
+        gaps.append((speech[-1][1], ep.num_chunks * C))  # after the monologue, to the episode's end
+        statement_ends = [u["end"] for u in a["user_utterances"]]
         for u in a["model_utterances"]:
             assert u["text"] in corpus.BACKCHANNELS
-            assert any(g0 <= u["start"] and u["end"] <= g1 for g0, g1 in gaps), u  # inside a pause
+            assert any(g0 <= u["start"] and u["end"] <= g1 for g0, g1 in gaps), u  # in a pause, or after the end
+            # ...and only after a whole statement: inside one it stays silent, as in turn_taking
+            assert not any(s["start"] < u["start"] < s["end"] for s in a["user_utterances"]), u
         for b, u in zip(a["backchannels"], a["model_utterances"], strict=True):
             assert b["onset_chunk"] * C == pytest.approx(u["start"]) and u["end"] <= b["pause"][1]
             assert b["onset_chunk"] in (last_chunk_of(b["pause"][0]) + 1, last_chunk_of(b["pause"][0]) + 2)
+            assert any(b["pause"][0] == pytest.approx(end) for end in statement_ends)
         count += len(a["backchannels"])
     assert count >= len(SEEDS)  # about one or more per episode
 

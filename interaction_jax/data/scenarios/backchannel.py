@@ -1,8 +1,12 @@
-"""Backchannel: the user holds the floor with a monologue; the model only says "mm-hm" in the pauses.
+"""Backchannel: the user holds the floor with a monologue; the model only says "mm-hm" between sentences.
 
-Statements follow each other with 0.5–1.5 s pauses between them and up to one inside each. At a pause
-long enough for it, the model (usually) acknowledges by the reply rule and is done before the user
-resumes; it never takes the floor otherwise, not even after the monologue ends.
+Statements follow each other with 0.5–1.5 s pauses between them and up to one inside each. After a
+statement, where the pause (or what is left of the episode) is long enough for it, the model (usually)
+acknowledges by the reply rule and is done before the user resumes; it never takes the floor
+otherwise. It stays silent in the pauses *inside* a statement, as it does in every scenario: a mid-sentence pause
+sounds the same here as in turn_taking (the same lines, voices and cut), so acknowledging there would
+teach the opposite of turn_taking's lesson for the same input. A sentence's end is what its voice and
+words mark, and that is where people backchannel.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ def _draw_statement(b: EpisodeBuilder, statements: tuple[str, ...], start: int) 
 def make(seed: int, ctx: ScenarioContext) -> Episode:
     b = EpisodeBuilder(NAME, seed, ctx)
     statements = corpus.user_lines("statement", ctx.split)
-    pauses: list[tuple[int, int]] = []  # (last speech sample, resumption sample) of every pause
+    # (last speech sample of a statement, the sample the user resumes at or the episode ends)
+    after_statements: list[tuple[int, int]] = []
     start = b.uniform_sample(*FIRST_START_S)
     previous_end = None
     while True:
@@ -34,16 +39,16 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
         if layout is None:
             break
         if previous_end is not None:
-            pauses.append((previous_end, start))
-        utterance_start, previous_end = b.place_user(layout, start)
-        pauses += [(utterance_start + a, utterance_start + z) for a, z in layout.pauses()]
+            after_statements.append((previous_end, start))
+        _, previous_end = b.place_user(layout, start)
         start = previous_end + b.samples(b.rng.uniform(*PAUSE_S))
     if previous_end is None:
         raise too_short(NAME, ctx, "one statement")
+    after_statements.append((previous_end, b.total))
 
     acknowledgements = [b.model_clip(text) for text in corpus.BACKCHANNELS]
     backchannels = []
-    for pause_start, pause_end in sorted(pauses):
+    for pause_start, pause_end in after_statements:
         onset = b.reply_chunk(pause_start)
         fitting = [c for c in acknowledgements if b.model_end(onset, c) <= pause_end]
         if fitting and b.rng.random() < ACKNOWLEDGE_PROBABILITY:

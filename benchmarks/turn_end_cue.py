@@ -1,0 +1,167 @@
+"""How much does the user's audio say about whether a silence is a mid-turn pause or the end of the turn?
+
+    python benchmarks/turn_end_cue.py [--train-episodes 1500] [--heldout-episodes 150] [--out results/turn_end_cue.json]
+
+The turn-taking gates (reply on time ≥ 90% with ≤ 10% false starts in mid-turn pauses) ask the model
+to tell, within 200–400 ms of the user falling silent, a pause from the end of the turn. In the data
+the two differ only in the voice itself (a pause is cut between two words of one eSpeak rendering, so
+the words before it carry non-final prosody) and in what was said. This measures the first: a
+logistic regression on the standardised log-mel of the last 100 / 200 / 400 ms before each silence,
+fitted on training-split episodes (its L2 strength picked by cross-validation over their voices and
+lines) and scored on held-out episodes, whose voices and lines the training split never has. It
+reports accuracy against the majority class, and the share of turn ends it catches when it may fire
+in at most 10% of pauses: the gates' operating point. It is not a bound on what a deep model can hear,
+but it says how plainly the sound alone marks the end of a turn.
+Prints a table and writes the numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from interaction_jax import config as config_lib
+from interaction_jax.audio import features
+from interaction_jax.data import pipeline, scenarios
+from interaction_jax.data.episode import ScenarioContext
+
+WINDOWS_MS = (100, 200, 400)
+L2_STRENGTHS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+FOLDS = 3
+PAUSE_FALSE_START_BAR = 0.10  # the turn-taking gate on starts in mid-turn pauses
+
+
+def silence_onsets(cfg: config_lib.Config, split: str, episodes: int, clips) -> list[tuple[np.ndarray, int, int, str]]:
+    """(log-mel frames of the user channel, frame where a silence starts, 1 if it ends the turn else 0,
+    (the user's voice, the user's line))."""
+    s = cfg.stream
+    ctx = ScenarioContext(stream=s, clips=clips, split=split, num_chunks=cfg.data.episode_chunks)
+    hop = features.hop_samples(s)
+    out = []
+    for index in range(episodes):
+        ep = scenarios.make_episode("turn_taking", pipeline.episode_seed(cfg.data, split, index), ctx)
+        mel = features.log_mel(ep.user_audio, s)
+        voice = ep.annotations["user_voice"]
+        for u in ep.annotations["user_utterances"]:
+            ends = [(pause[0], 0) for pause in u.get("pauses", [])] + [(u["end"], 1)]
+            out.extend((mel, round(t * s.sample_rate) // hop, label, (voice, u["text"])) for t, label in ends)
+    return out
+
+
+def design(events, frames: int) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    kept = [(mel[f - frames : f].ravel(), label, group) for mel, f, label, group in events if f >= frames]
+    x = np.stack([k[0] for k in kept]).astype(np.float32)
+    return x, np.array([k[1] for k in kept], np.float32), [k[2] for k in kept]
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 600) -> tuple[np.ndarray, float]:
+    def loss(params):
+        w, b = params
+        z = x @ w + b
+        return jnp.mean(jnp.logaddexp(0.0, z) - y * z) + l2 * jnp.sum(w * w)
+
+    opt = optax.adam(1e-2)
+    params = (jnp.zeros(x.shape[1]), jnp.float32(0.0))
+
+    @jax.jit
+    def update(params, state):
+        grads = jax.grad(loss)(params)
+        updates, state = opt.update(grads, state)
+        return optax.apply_updates(params, updates), state
+
+    state = opt.init(params)
+    for _ in range(steps):
+        params, state = update(params, state)
+    return np.asarray(params[0]), float(params[1])
+
+
+def cross_validated_accuracy(x: np.ndarray, y: np.ndarray, groups: list[tuple[str, str]], l2: float) -> float:
+    """Accuracy over FOLDS folds, each validating on a share of the voices *and* lines and fitting on events
+    of neither: held-out episodes never repeat a training voice or line, so folds that shared them would
+    reward memorising them."""
+    voices, lines = (sorted({g[i] for g in groups}) for i in (0, 1))
+    hits = total = 0
+    for fold in range(FOLDS):
+        val_voice = np.array([g[0] in voices[fold::FOLDS] for g in groups])
+        val_line = np.array([g[1] in lines[fold::FOLDS] for g in groups])
+        w, b = fit_logistic(x[~val_voice & ~val_line], y[~val_voice & ~val_line], l2)
+        val = val_voice & val_line
+        hits += int(np.sum(((x[val] @ w + b) > 0) == y[val]))
+        total += int(val.sum())
+    return hits / total
+
+
+def turn_ends_caught(scores: np.ndarray, y: np.ndarray, pause_rate: float) -> float:
+    """Share of turn ends scored above the threshold that lets through at most `pause_rate` of pauses."""
+    pauses = np.sort(scores[y == 0])
+    allowed = int(np.floor(pause_rate * pauses.size))
+    threshold = pauses[pauses.size - allowed - 1] if allowed < pauses.size else -np.inf
+    return float(np.mean(scores[y == 1] > threshold))
+
+
+def measure(cfg, train_events, heldout_events, window_ms: int) -> dict:
+    frames = window_ms * cfg.stream.sample_rate // 1000 // features.hop_samples(cfg.stream)
+    x, y, groups = design(train_events, frames)
+    x_test, y_test, _ = design(heldout_events, frames)
+    mean, std = x.mean(0), x.std(0) + 1e-3
+    x, x_test = (x - mean) / std, (x_test - mean) / std
+    scored = [(cross_validated_accuracy(x, y, groups, l2), l2) for l2 in L2_STRENGTHS]
+    best_l2 = max(scored)[1]
+    w, b = fit_logistic(x, y, best_l2)
+    scores = x_test @ w + b
+    return {
+        "window_ms": window_ms,
+        "l2": best_l2,
+        "train_events": len(y),
+        "heldout_events": len(y_test),
+        "turn_end_share": float(y_test.mean()),
+        "majority_accuracy": float(max(y_test.mean(), 1 - y_test.mean())),
+        "accuracy": float(np.mean((scores > 0) == y_test)),
+        "turn_ends_caught_at_10pct_pauses": turn_ends_caught(scores, y_test, PAUSE_FALSE_START_BAR),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--train-episodes", type=int, default=1500)
+    parser.add_argument("--heldout-episodes", type=int, default=150)
+    parser.add_argument("--out", default="benchmarks/results/turn_end_cue.json")
+    args = parser.parse_args()
+    cfg = config_lib.validate(config_lib.preset(args.preset))
+    clips = pipeline.clip_source(cfg, progress=True)
+    start = time.perf_counter()
+    train_events = silence_onsets(cfg, "train", args.train_episodes, clips)
+    heldout_events = silence_onsets(cfg, "heldout", args.heldout_episodes, clips)
+    rows = [measure(cfg, train_events, heldout_events, ms) for ms in WINDOWS_MS]
+    print(f"\nturn_taking silences: {rows[0]['train_events']} training, {rows[0]['heldout_events']} held out")
+    print("| audio before the silence | held-out accuracy | majority class | turn ends caught at ≤ 10% pauses |")
+    print("|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['window_ms']} ms | {r['accuracy']:.1%} | {r['majority_accuracy']:.1%} "
+            f"| {r['turn_ends_caught_at_10pct_pauses']:.1%} |"
+        )
+    result = {
+        "benchmark": "turn_end_cue",
+        "preset": args.preset,
+        "machine": platform.platform(),
+        "jax": jax.__version__,
+        "seconds": time.perf_counter() - start,
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
