@@ -14,12 +14,15 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels import gpu_params
+from pallas_kernels.precision import for_operands
 
 
 def _kernel(x_ref, w_ref, o_ref, *, bk: int):
     def body(i, acc):
         cols = pl.ds(pl.multiple_of(i * bk, bk), bk)
-        return acc + jnp.dot(x_ref[:, cols], w_ref[cols, :], preferred_element_type=jnp.float32)
+        return acc + jnp.dot(
+            x_ref[:, cols], w_ref[cols, :], preferred_element_type=jnp.float32, precision=for_operands(x_ref.dtype)
+        )
 
     acc = jax.lax.fori_loop(0, x_ref.shape[1] // bk, body, jnp.zeros(o_ref.shape, jnp.float32))
     o_ref[...] = acc.astype(o_ref.dtype)

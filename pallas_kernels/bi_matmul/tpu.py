@@ -11,13 +11,17 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels.precision import for_operands
+
 
 def _kernel(x_ref, w_ref, o_ref, acc_ref):
     @pl.when(pl.program_id(2) == 0)
     def _():
         acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
-    acc_ref[...] += jnp.dot(x_ref[...], w_ref[...], preferred_element_type=jnp.float32)
+    acc_ref[...] += jnp.dot(
+        x_ref[...], w_ref[...], preferred_element_type=jnp.float32, precision=for_operands(x_ref.dtype)
+    )
 
     @pl.when(pl.program_id(2) == pl.num_programs(2) - 1)
     def _():

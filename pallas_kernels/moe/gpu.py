@@ -20,6 +20,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels import gpu_params
 from pallas_kernels.moe.kernel import combine_call, epilogue
+from pallas_kernels.precision import for_operands
 
 
 def _whole(shape):
@@ -54,10 +55,8 @@ def _kernel(expert_ref, row_ref, live_ref, x_ref, *refs, block_rows, block_k, re
                 tile = jnp.broadcast_to(x_ref[pl.ds(row_ref[p], 1), lo], (rows, block_k))
             else:
                 tile = pltriton.load(x_ref.at[pl.ds(row_ref[p] * block_rows, rows), lo], mask=in_tile, other=0)
-            return tuple(
-                acc + jnp.dot(tile, w_ref[e, lo, columns], preferred_element_type=jnp.float32)
-                for acc, w_ref in zip(accs, w_refs, strict=True)
-            )
+            dot = functools.partial(jnp.dot, preferred_element_type=jnp.float32, precision=for_operands(tile.dtype))
+            return tuple(acc + dot(tile, w_ref[e, lo, columns]) for acc, w_ref in zip(accs, w_refs, strict=True))
 
         zeros = tuple(jnp.zeros((rows, block_k), jnp.float32) for _ in w_refs)
         accs = jax.lax.fori_loop(0, x_ref.shape[1] // block_k, step, zeros)

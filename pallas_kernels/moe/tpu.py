@@ -18,6 +18,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.moe.kernel import combine_call, epilogue
+from pallas_kernels.precision import for_operands
 
 
 def _interpret(interpret: bool) -> dict:
@@ -40,8 +41,9 @@ def _kernel(expert_ref, row_ref, live_ref, x_ref, *refs, n_weights, block_rows, 
         tile = x_ref[...]
         if repeat_row:
             tile = jnp.broadcast_to(tile, (block_rows, tile.shape[1]))
+        dot = functools.partial(jnp.dot, preferred_element_type=jnp.float32, precision=for_operands(tile.dtype))
         for acc, w in zip(acc_refs, w_refs, strict=True):
-            acc[...] = acc[...] + jnp.dot(tile, w[...], preferred_element_type=jnp.float32)
+            acc[...] = acc[...] + dot(tile, w[...])
 
     @pl.when(kb == pl.num_programs(2) - 1)
     def _():
