@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import platform
 import random
@@ -49,6 +50,7 @@ from interaction_jax.serve.client import Client, SessionError
 from interaction_jax.serve.engine import Engine
 from interaction_jax.serve.manager import SessionManager
 from interaction_jax.serve.server import Server
+from interaction_jax.serve.session import Session
 
 
 def rss_mb() -> float:
@@ -148,9 +150,9 @@ class Soak:
         ws = await connect(self.url)
         await ws.send(hello())
         ready = json.loads(await ws.recv())
-        if ready["type"] != "ready":
+        if ready["type"] != "ready":  # e.g. capacity: other faults hold every spare slot right now
             await ws.close()
-            raise AssertionError(f"no session: {ready}")
+            raise SessionError(ready.get("code", "?"), ready.get("message", ""))
         return ws
 
     def _pcm(self) -> bytes:
@@ -263,8 +265,10 @@ class Soak:
                 await ws.send(binary(json.dumps({"seq": k}).encode(), self._pcm()))
                 await asyncio.sleep(self.chunk_s)
             ws.transport.abort()
-        except (AssertionError, websockets.ConnectionClosed, OSError):
-            self.fault_outcomes["disconnect: no session"] += 1
+        except SessionError as e:
+            self.fault_outcomes[f"disconnect refused: {e.code}"] += 1
+        except (websockets.ConnectionClosed, OSError) as e:
+            self.fault_outcomes[f"disconnect: {type(e).__name__}"] += 1
 
 
 # Short cache rows and a cheaper vocoder: the soak is about what the server survives, and a tick must fit
@@ -322,6 +326,8 @@ async def soak(args) -> dict:
                 break
             await asyncio.sleep(0.1)
         sampler.cancel()
+        gc.collect()  # a session that ended must not live on anywhere (a leak would grow RSS per session)
+        alive = sum(isinstance(x, Session) for x in gc.get_objects())
         rss.append((round(time.monotonic() - start, 1), round(rss_mb(), 1)))
         metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read())
         ticks = np.asarray(server.manager.tick_seconds) * 1e3
@@ -336,6 +342,10 @@ async def soak(args) -> dict:
             "fault_outcomes": dict(run.fault_outcomes),
             "random_disconnects": run.disconnects,
             "ticks": server.manager.ticks,
+            # The realtime clock wants 1000 / chunk_ms ticks a second; slower, and chunks pile up in the
+            # jitter buffer until even a well-behaved session is refused as busy.
+            "ticks_per_s": round(server.manager.ticks / (time.monotonic() - start), 2),
+            "ticks_over_chunk_ms": int(np.sum(ticks > cfg.stream.chunk_ms)),
             "tick_ms": {q: round(float(np.percentile(ticks, q)), 1) for q in (50, 90, 99)}
             | {"max": round(float(ticks.max()), 1)},
             "sessions_closed": dict(server.manager.closed_by_kind),
@@ -343,7 +353,11 @@ async def soak(args) -> dict:
             "chunks_refused": dict(server.manager.refused),
             "rss_mb": rss,
             "compilations": {"warm": warm, "end": engine.compilations},
-            "end_state": {"free_slots": engine.free_slots, "open_connections": server.open_connections},
+            "end_state": {
+                "free_slots": engine.free_slots,
+                "open_connections": server.open_connections,
+                "session_objects_alive": alive,
+            },
             "metrics": metrics.decode().splitlines(),
             "problems": run.problems[:50],
         }
@@ -354,6 +368,7 @@ async def soak(args) -> dict:
         and not run.problems,
         "every slot free at the end": result["end_state"]["free_slots"] == engine.max_sessions,
         "no connection left open": result["end_state"]["open_connections"] == 0,
+        "no session object left alive": result["end_state"]["session_objects_alive"] == 0,
         "the tick never recompiled": result["compilations"]["end"] == warm,
     }
     result["checks"] = checks
@@ -377,7 +392,10 @@ def main() -> None:
     result = asyncio.run(soak(args))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{result['wall_s']} s, {result['ticks']} ticks, tick ms {result['tick_ms']}")
+    print(
+        f"{result['wall_s']} s, {result['ticks']} ticks ({result['ticks_per_s']}/s), tick ms {result['tick_ms']}, "
+        f"{result['ticks_over_chunk_ms']} ticks over chunk_ms"
+    )
     print("client  sessions  sent  answered  refused  lost  silence replies")
     for i, s in result["well_behaved"].items():
         print(
