@@ -7,9 +7,11 @@ The tiny random-weight model of tests/test_serve.py; an Engine of the same confi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -420,3 +422,30 @@ def test_a_server_shutting_down_tells_its_sessions_why(engine):
         return client.ws.close_code, client.ws.close_reason, dict(server.manager.closed_by_kind)
 
     assert asyncio.run(main()) == (1000, "shutdown", {"shutdown": 1})
+
+
+def test_a_client_that_floods_and_never_reads_is_dropped_over_the_wire(engine):
+    """Issue 16's flood: malformed chunks, one error each, never read; the server drops the client (outbox
+    bound or send timeout, whichever comes first) instead of queueing errors for it without end."""
+
+    async def main():
+        async with serving(engine) as (server, url):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # so that the server's sends back up soon
+            sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+            ws = await connect(url, sock=sock, max_queue=1)
+            await ws.send(_hello())
+            sent = 0
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while server.manager.closed_by_kind["slow_client"] == 0 and sent < 50_000:
+                    await ws.send(b"\x01\x00")
+                    sent += 1
+                    if sent % 100 == 0:
+                        await asyncio.sleep(0)
+            ws.transport.abort()
+            await settled(server)
+            return sent, dict(server.manager.closed_by_kind), server.errors["bad_chunk"]
+
+    sent, kinds, errors = asyncio.run(main())
+    assert kinds == {"slow_client": 1}
+    assert errors <= sent < 50_000
