@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import numpy as np
 
@@ -87,6 +88,20 @@ def test_serve_and_talk_from_a_checkpoint(tmp_path):
         assert chunks[2]["text_in_ids"] == tokenizer.encode("hell")  # typed at 0.45 s: the chunk covering it
         assert all(c["user_active"] for c in chunks)
         assert (out / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+        # The live counters, on the server's own port (what `curl http://127.0.0.1:PORT/metrics` shows).
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            assert r.read() == b"ok\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            metrics = set(r.read().decode().splitlines())
+        for line in (
+            "interaction_jax_ticks_total 11",
+            "interaction_jax_replies_total 11",
+            "interaction_jax_sessions_open 0",
+            'interaction_jax_sessions_closed_total{reason="client"} 1',
+            "interaction_jax_compilations 1",
+        ):
+            assert line in metrics, line
 
         bad = subprocess.run(
             _cli("talk", "--server", f"ws://127.0.0.1:{port}", "--wav", str(tmp_path / "in.wav"), "--text", "soon"),
