@@ -6,10 +6,10 @@ B or the cache capacity is, and the rows of a dot never mix: that is what makes 
 for bit.
 
 Written for both compilers at once: every value is 2-D (Mosaic cannot lay out 1-D masks, and
-reshaping one to a column is a shape cast it refuses), the partial max and normaliser are [G, 1]
-columns, QK and PV are `dot_general`s (MXU / tensor cores) in float32 at HIGHEST precision (TF32 or
-a single bf16 pass would not meet the float32 tolerances), and the combine walks the splits through
-the refs, never slicing a loaded value (Triton cannot).
+reshaping one to a column is a shape cast it refuses), the partial max and normaliser are [R, 1]
+columns (R: the tile's query rows), QK and PV are `dot_general`s (MXU / tensor cores) in float32
+at HIGHEST precision (TF32 or a single bf16 pass would not meet the float32 tolerances), and the
+combine walks the splits through the refs, never slicing a loaded value (Triton cannot).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def untile(out, t: int, g: int, group: int):
 
 
 def combine_kernel(m_ref, l_ref, acc_ref, o_ref):
-    """One query's splits, combined left to right: m, denom [NS, G, 1], acc [NS, G, D] → o [G, D]."""
+    """A query tile's splits, combined left to right: m, denom [NS, R, 1], acc [NS, R, D] → o [R, D]."""
 
     def body(s, carry):
         m_run, l_run, acc_run = carry
