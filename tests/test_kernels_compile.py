@@ -9,8 +9,10 @@ libtpu (`pip install -e ".[tpu-compile]"`) the TPU half skips, unless PALLAS_KER
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -117,14 +119,27 @@ MODEL_KERNELS = ("split_kv_attention_splits", "split_kv_attention_combine", "bi_
 MODEL_KERNELS += ("moe_expert_matmul", "moe_combine")
 
 
-def _model_programs():
-    """(name, fn, argument specs) of the training gradient and a `microturn`, as flat functions."""
+def _model_config():
     from interaction_jax import config as config_lib
+
+    cfg = config_lib.override(config_lib.preset("tiny"), MODEL_OVERRIDES)
+    one_device = config_lib.load_mesh(Path(__file__).parents[1] / "mesh_configs" / "cpu-1.yaml")
+    return config_lib.validate(dataclasses.replace(cfg, mesh=one_device))
+
+
+def _flat(fn, args):
+    """`fn` as a function of the leaves of `args`, and those leaves; a new function object per call:
+    jit caches traces by function, and the kernels' target is not in its key."""
+    tree = jax.tree.structure(args)
+    return (lambda *leaves: fn(*jax.tree.unflatten(tree, leaves))), jax.tree.leaves(args)
+
+
+def _cuda_programs(cfg):
+    """The CUDA lowerings of the loss gradient and a `microturn` (the optimizer update is XLA's own)."""
     from interaction_jax.model import cache as kv_cache
     from interaction_jax.model import step as step_lib
     from interaction_jax.testing import microturn_block, random_batch, random_chunks
 
-    cfg = config_lib.validate(config_lib.override(config_lib.preset("tiny"), MODEL_OVERRIDES))
     specs = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
     params = jax.eval_shape(lambda: step_lib.init_params(cfg, jax.random.key(0)))
     batch = specs(random_batch(cfg.stream, 5, batch=1, seed=0))
@@ -138,13 +153,44 @@ def _model_programs():
     def turn(p, c, blk):
         return step_lib.microturn(p, c, blk, jax.random.key(0), sampling, cfg=cfg)
 
-    for name, fn, args in (
-        ("train gradient", loss_and_grads, (params, batch)),
-        ("microturn", turn, (params, cache, block)),
-    ):
-        tree = jax.tree.structure(args)
-        # a new function object per call: jit caches traces by function, and the target is not in its key
-        yield name, lambda *leaves, fn=fn, tree=tree: fn(*jax.tree.unflatten(tree, leaves)), jax.tree.leaves(args)
+    yield "train gradient", compile_check.lower_cuda(*_flat(loss_and_grads, (params, batch)))
+    yield "microturn", compile_check.lower_cuda(*_flat(turn, (params, cache, block)))
+
+
+def _tpu_programs(cfg, target):
+    """The TPU executables of the trainer's own jitted train step (optimizer, shardings, donation) on a
+    one-chip mesh, and of a `microturn`."""
+    from interaction_jax import sharding
+    from interaction_jax.model import cache as kv_cache
+    from interaction_jax.model import step as step_lib
+    from interaction_jax.testing import microturn_block, random_batch, random_chunks
+    from interaction_jax.train import optimizer as optimizer_lib
+    from interaction_jax.train import state as state_lib
+    from interaction_jax.train import step as train_step_lib
+
+    mesh = sharding.make_mesh(cfg.mesh, devices=[compile_check.tpu_device(target)])
+    optimizer = optimizer_lib.make_optimizer(cfg.train)
+    batch = random_batch(cfg.stream, 5, batch=1, seed=0)
+    placed = train_step_lib.batch_shardings(batch, mesh, cfg)
+    batch_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=placed[k]) for k, v in batch.items()}
+    step_fn = train_step_lib.jit_train_step(
+        cfg, optimizer, mesh, state_lib.state_shardings(cfg, optimizer, mesh), batch
+    )
+    state = state_lib.abstract_state(cfg, optimizer, mesh)
+    with sharding.mesh_context(mesh, cfg.mesh):  # what the wrapper does around the jitted function
+        compiled = step_fn.__wrapped__.trace(state, batch_specs).lower().compile()
+    yield "train step", compiled.as_text()
+
+    params = jax.eval_shape(lambda: step_lib.init_params(cfg, jax.random.key(0)))
+    cache = jax.eval_shape(lambda: kv_cache.init_cache(cfg.model, 2, 256))
+    block = microturn_block(cfg.stream, random_chunks(cfg.stream, 0, 1, 0) * 2)
+    block = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), block)
+    sampling = step_lib.Sampling.from_config(cfg)
+
+    def turn(p, c, blk):
+        return step_lib.microturn(p, c, blk, jax.random.key(0), sampling, cfg=cfg)
+
+    yield "microturn", compile_check.compile_tpu(*_flat(turn, (params, cache, block)), target).as_text()
 
 
 @pytest.mark.parametrize("target", ["v5e", "cuda"])
@@ -153,12 +199,11 @@ def test_the_bitwise_model_compiles_with_every_kernel(target):
 
     if target != "cuda":
         _need_libtpu()
-    for name, fn, specs in _model_programs():
-        with kernels.compiled_for("gpu" if target == "cuda" else "tpu"):
-            if target == "cuda":
-                text = compile_check.lower_cuda(fn, specs)
-            else:
-                text = compile_check.compile_tpu(fn, specs, target).as_text()
+    cfg = _model_config()
+    with kernels.compiled_for("gpu" if target == "cuda" else "tpu"):
+        programs = dict(_cuda_programs(cfg) if target == "cuda" else _tpu_programs(cfg, target))
+    assert len(programs) == 2
+    for name, text in programs.items():
         # every kernel is in the program (the backward passes are the XLA VJPs)
         missing = [k for k in MODEL_KERNELS if k not in text]
         assert not missing, f"{name} for {target}: no {missing} in the compiled program"
