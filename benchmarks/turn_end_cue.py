@@ -1,6 +1,7 @@
 """How much does the user's audio say about whether a silence is a mid-turn pause or the end of the turn?
 
-    python benchmarks/turn_end_cue.py [--train-episodes 1500] [--heldout-episodes 150] [--out results/turn_end_cue.json]
+    python benchmarks/turn_end_cue.py [--train-episodes 1500] [--heldout-episodes 150] [--workdir demo/run]
+                                      [--out results/turn_end_cue.json]
 
 The turn-taking gates (reply on time ≥ 90% with ≤ 10% false starts in mid-turn pauses) ask the model
 to tell, within 200–400 ms of the user falling silent, a pause from the end of the turn. In the data
@@ -12,6 +13,11 @@ lines) and scored on held-out episodes, whose voices and lines the training spli
 reports accuracy against the majority class, and the share of turn ends it catches when it may fire
 in at most 10% of pauses: the gates' operating point. It is not a bound on what a deep model can hear,
 but it says how plainly the sound alone marks the end of a turn.
+
+With `--workdir`, the same held-out silences are scored by a trained model too, teacher-forced: its
+calibrated probability of starting to speak (1 − p(PAD), with the decoding's PAD correction) at the
+first TEXT_OUT slot of the two chunks after the silence starts (the reply rule's window; the second only
+while the data is still silent), the larger of the two, on the same two numbers.
 Prints a table and writes the numbers as JSON.
 """
 
@@ -29,9 +35,14 @@ import numpy as np
 import optax
 
 from interaction_jax import config as config_lib
+from interaction_jax import stream, tokenizer
 from interaction_jax.audio import features
-from interaction_jax.data import pipeline, scenarios
+from interaction_jax.data import pipeline, render, scenarios
 from interaction_jax.data.episode import ScenarioContext
+from interaction_jax.eval.behaviour import end_chunk
+from interaction_jax.model import cache as cache_lib
+from interaction_jax.model import step as step_lib
+from interaction_jax.train import checkpoint
 
 WINDOWS_MS = (100, 200, 400)
 L2_STRENGTHS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -39,20 +50,31 @@ FOLDS = 3
 PAUSE_FALSE_START_BAR = 0.10  # the turn-taking gate on starts in mid-turn pauses
 
 
-def silence_onsets(cfg: config_lib.Config, split: str, episodes: int, clips) -> list[tuple[np.ndarray, int, int, str]]:
+def heldout_episodes(cfg: config_lib.Config, split: str, episodes: int, clips):
+    ctx = ScenarioContext(stream=cfg.stream, clips=clips, split=split, num_chunks=cfg.data.episode_chunks)
+    for index in range(episodes):
+        yield scenarios.make_episode("turn_taking", pipeline.episode_seed(cfg.data, split, index), ctx)
+
+
+def silences(ep) -> list[tuple[float, int, str]]:
+    """(time the user falls silent, 1 if the turn ends there else 0, the line) for every stretch of speech."""
+    return [
+        (t, label, u["text"])
+        for u in ep.annotations["user_utterances"]
+        for t, label in [(pause[0], 0) for pause in u.get("pauses", [])] + [(u["end"], 1)]
+    ]
+
+
+def silence_onsets(cfg: config_lib.Config, split: str, episodes: int, clips) -> list[tuple]:
     """(log-mel frames of the user channel, frame where a silence starts, 1 if it ends the turn else 0,
     (the user's voice, the user's line))."""
     s = cfg.stream
-    ctx = ScenarioContext(stream=s, clips=clips, split=split, num_chunks=cfg.data.episode_chunks)
     hop = features.hop_samples(s)
     out = []
-    for index in range(episodes):
-        ep = scenarios.make_episode("turn_taking", pipeline.episode_seed(cfg.data, split, index), ctx)
+    for ep in heldout_episodes(cfg, split, episodes, clips):
         mel = features.log_mel(ep.user_audio, s)
         voice = ep.annotations["user_voice"]
-        for u in ep.annotations["user_utterances"]:
-            ends = [(pause[0], 0) for pause in u.get("pauses", [])] + [(u["end"], 1)]
-            out.extend((mel, round(t * s.sample_rate) // hop, label, (voice, u["text"])) for t, label in ends)
+        out.extend((mel, round(t * s.sample_rate) // hop, label, (voice, line)) for t, label, line in silences(ep))
     return out
 
 
@@ -129,11 +151,42 @@ def measure(cfg, train_events, heldout_events, window_ms: int) -> dict:
     }
 
 
+def model_scores(workdir: str, episodes: int, clips) -> tuple[np.ndarray, np.ndarray, int]:
+    """The checkpoint's teacher-forced speak probability at each held-out silence (see the module doc)."""
+    cfg, params, step = checkpoint.load_params(workdir)
+    s = cfg.stream
+    pad_bias = step_lib.pad_logit_bias(cfg.train.pad_weight) if cfg.serve.calibrate_pad else 0.0
+
+    @jax.jit
+    def text_logits(params, batch):
+        cache = cache_lib.init_cache(cfg.model, 1, batch["kind"].shape[1])
+        hidden = step_lib.step(params, cache, batch, cfg=cfg)[0]
+        return step_lib.text_logits(params, hidden, cfg=cfg)
+
+    scores, labels = [], []
+    for ep in heldout_episodes(cfg, "heldout", episodes, clips):
+        (window,) = render.episode_windows(ep, s, ep.num_chunks)
+        logits = np.asarray(text_logits(params, {k: v[None] for k, v in window.items() if k != "loss_mask"}))[0]
+        slots = np.nonzero(window["kind"] == stream.Kind.TEXT_OUT)[0]
+        first = slots.reshape(ep.num_chunks, s.text_out_slots)[:, 0]
+        calibrated = logits[first - 1]  # the token before a slot predicts it
+        calibrated[:, tokenizer.PAD] += pad_bias
+        speak = 1.0 - np.asarray(jax.nn.softmax(calibrated, axis=-1))[:, tokenizer.PAD]
+        silent = window["text"][first] == tokenizer.PAD
+        for t, label, _ in silences(ep):
+            e = end_chunk(t, s)
+            window_chunks = [e + 1] + ([e + 2] if silent[e + 1] else [])
+            scores.append(max(speak[c] for c in window_chunks if c < ep.num_chunks))
+            labels.append(label)
+    return np.array(scores), np.array(labels), step
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--train-episodes", type=int, default=1500)
     parser.add_argument("--heldout-episodes", type=int, default=150)
+    parser.add_argument("--workdir", default=None, help="also score this checkpoint's speak decision, teacher-forced")
     parser.add_argument("--out", default="benchmarks/results/turn_end_cue.json")
     args = parser.parse_args()
     cfg = config_lib.validate(config_lib.preset(args.preset))
@@ -150,6 +203,24 @@ def main():
             f"| {r['window_ms']} ms | {r['accuracy']:.1%} | {r['majority_accuracy']:.1%} "
             f"| {r['turn_ends_caught_at_10pct_pauses']:.1%} |"
         )
+    model = None
+    if args.workdir:
+        scores, labels, step = model_scores(args.workdir, args.heldout_episodes, clips)
+        model = {
+            "workdir": args.workdir,
+            "step": step,
+            "heldout_events": len(labels),
+            "mean_at_turn_ends": float(scores[labels == 1].mean()),
+            "mean_at_pauses": float(scores[labels == 0].mean()),
+            "accuracy": float(np.mean((scores > 0.5) == labels)),
+            "turn_ends_caught_at_10pct_pauses": turn_ends_caught(scores, labels, PAUSE_FALSE_START_BAR),
+        }
+        print(
+            f"| model at step {step}, teacher-forced | {model['accuracy']:.1%} | | "
+            f"{model['turn_ends_caught_at_10pct_pauses']:.1%} |\n"
+            f"mean speak probability: {model['mean_at_turn_ends']:.3f} at turn ends, "
+            f"{model['mean_at_pauses']:.3f} in pauses"
+        )
     result = {
         "benchmark": "turn_end_cue",
         "preset": args.preset,
@@ -157,6 +228,7 @@ def main():
         "jax": jax.__version__,
         "seconds": time.perf_counter() - start,
         "rows": rows,
+        "model": model,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
