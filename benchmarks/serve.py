@@ -46,11 +46,11 @@ import numpy as np
 from interaction_jax import config as config_lib
 from interaction_jax import stream, tokenizer
 from interaction_jax.config import Config
-from interaction_jax.data.episode import chunk_samples
 from interaction_jax.model import step as step_lib
 from interaction_jax.model.cache import init_cache
 from interaction_jax.serve.engine import ChunkInput, ChunkOutput, Engine, input_block
 from interaction_jax.serve.session import ClientChunk, Session
+from interaction_jax.stream import chunk_samples
 from interaction_jax.testing import random_chunks
 
 LAST = 10  # chunks timed at the end of the session in (a)

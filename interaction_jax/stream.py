@@ -39,6 +39,15 @@ from interaction_jax import tokenizer
 from interaction_jax.config import PATCH_SIZE, StreamConfig
 
 
+def chunk_samples(cfg: StreamConfig) -> int:
+    """Audio samples per chunk (3200 at 200 ms and 16 kHz)."""
+    return cfg.chunk_ms * cfg.sample_rate // 1000
+
+
+def chunk_seconds(cfg: StreamConfig) -> float:
+    return cfg.chunk_ms / 1000.0
+
+
 class Kind(enum.IntEnum):
     PAD = 0
     AUDIO_IN = 1

@@ -9,8 +9,7 @@ import pytest
 from interaction_jax.audio import features, vocoder
 from interaction_jax.audio.wav import from_pcm16, read_wav, to_pcm16, write_wav
 from interaction_jax.config import StreamConfig
-from interaction_jax.data.episode import chunk_samples
-from interaction_jax.stream import dequantize_dmel, quantize_dmel
+from interaction_jax.stream import chunk_samples, dequantize_dmel, quantize_dmel
 
 CFG = StreamConfig()
 SR = CFG.sample_rate

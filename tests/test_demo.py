@@ -11,7 +11,7 @@ from interaction_jax import config as config_lib
 from interaction_jax import demo
 from interaction_jax import eval as eval_lib
 from interaction_jax.audio import wav
-from interaction_jax.data.episode import chunk_samples
+from interaction_jax.stream import chunk_samples
 from interaction_jax.train import checkpoint
 from interaction_jax.train.metrics import read_jsonl
 

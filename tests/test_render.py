@@ -11,7 +11,8 @@ from interaction_jax import stream, tokenizer
 from interaction_jax.audio import features
 from interaction_jax.config import StreamConfig
 from interaction_jax.data import render
-from interaction_jax.data.episode import Episode, TextEvent, chunk_samples, frame_times
+from interaction_jax.data.episode import Episode, TextEvent, frame_times
+from interaction_jax.stream import chunk_samples
 
 CFG = StreamConfig()
 

@@ -16,9 +16,10 @@ from interaction_jax.config import SCENARIOS as SCENARIO_NAMES
 from interaction_jax.config import StreamConfig
 from interaction_jax.data import corpus
 from interaction_jax.data.bank import LiveClips
-from interaction_jax.data.episode import ScenarioContext, check_episode, chunk_samples
+from interaction_jax.data.episode import ScenarioContext, check_episode
 from interaction_jax.data.render import place_text
 from interaction_jax.data.scenarios import MIN_EPISODE_SECONDS, SCENARIOS, EpisodeTooShort, common, make_episode
+from interaction_jax.stream import chunk_samples
 from interaction_jax.video import scene as video_scene
 
 CFG = StreamConfig()

@@ -21,7 +21,6 @@ from websockets.asyncio.client import connect
 from interaction_jax import config as config_lib
 from interaction_jax import stream, tokenizer
 from interaction_jax.audio import wav
-from interaction_jax.data.episode import chunk_samples
 from interaction_jax.model import step as step_lib
 from interaction_jax.serve import protocol
 from interaction_jax.serve.agents import AgentRequest, StreamClock, ToolsAgent
@@ -30,6 +29,7 @@ from interaction_jax.serve.engine import CapacityError, ChunkInput, ChunkOutput,
 from interaction_jax.serve.manager import Closed, Refused, SessionManager
 from interaction_jax.serve.server import Server
 from interaction_jax.serve.session import ClientChunk, Session
+from interaction_jax.stream import chunk_samples
 from interaction_jax.testing import random_chunks
 from tests.test_train import SMALL
 

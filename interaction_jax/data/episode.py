@@ -17,18 +17,10 @@ import numpy as np
 
 from interaction_jax.audio.clip import Clip
 from interaction_jax.config import StreamConfig
+from interaction_jax.stream import chunk_samples, chunk_seconds
 
 Split = Literal["train", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "heldout")
-
-
-def chunk_samples(cfg: StreamConfig) -> int:
-    """Audio samples per chunk (3200 at 200 ms and 16 kHz)."""
-    return cfg.chunk_ms * cfg.sample_rate // 1000
-
-
-def chunk_seconds(cfg: StreamConfig) -> float:
-    return cfg.chunk_ms / 1000.0
 
 
 def frame_times(cfg: StreamConfig, num_chunks: int) -> np.ndarray:

@@ -15,7 +15,8 @@ from interaction_jax import stream, timeline
 from interaction_jax.audio import wav
 from interaction_jax.config import Config
 from interaction_jax.data import render, scenarios
-from interaction_jax.data.episode import ClipSource, Episode, ScenarioContext, Split, chunk_seconds, frame_times
+from interaction_jax.data.episode import ClipSource, Episode, ScenarioContext, Split, frame_times
+from interaction_jax.stream import chunk_seconds
 
 MAX_FRAMES = 6
 FRAME_SCALE = 4  # 80×80 frames are hard to see; nearest-neighbour upscaling keeps the pixels honest

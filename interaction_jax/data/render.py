@@ -18,7 +18,8 @@ import numpy as np
 from interaction_jax import stream, tokenizer
 from interaction_jax.audio import features
 from interaction_jax.config import StreamConfig
-from interaction_jax.data.episode import Episode, TextEvent, check_episode, chunk_seconds
+from interaction_jax.data.episode import Episode, TextEvent, check_episode
+from interaction_jax.stream import chunk_seconds
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,14 +72,14 @@ from typing import Any
 import numpy as np
 
 from interaction_jax import tokenizer
+from interaction_jax.audio.activity import audio_active
 from interaction_jax.config import StreamConfig
 from interaction_jax.data import corpus
-from interaction_jax.data.episode import chunk_samples, chunk_seconds
 from interaction_jax.data.render import event_chunk
+from interaction_jax.stream import chunk_samples, chunk_seconds
 
 MISS_CHUNKS = 5  # an expected onset not seen within this many chunks counts as missed
 YIELD_CHUNKS = 2  # an interrupted model must fall silent within this many chunks after cut_chunk
-SPEAKING_MARGIN = 2.0  # audio "speaking" threshold above dmel_min, in log10-mel units
 
 Metrics = dict[str, Any]
 
@@ -92,17 +92,6 @@ def text_active(text) -> np.ndarray:
     """bool [n]: chunk k's TEXT_OUT ids (int [n, slots]) hold a token other than PAD and EOT."""
     text = np.asarray(text)
     return np.any((text != tokenizer.PAD) & (text != tokenizer.EOT), axis=-1)
-
-
-def chunk_energy(mel, s: StreamConfig) -> np.ndarray:
-    """float32 [n]: mean log10-mel of each chunk's frames (mel [n, ..., n_mels]), clipped to the dMel range."""
-    mel = np.clip(np.asarray(mel, np.float32), s.dmel_min, s.dmel_max)
-    return mel.reshape(mel.shape[0], -1).mean(axis=1)
-
-
-def audio_active(energy, s: StreamConfig) -> np.ndarray:
-    """bool [n]: chunk energy above dmel_min + SPEAKING_MARGIN."""
-    return np.asarray(energy) > s.dmel_min + SPEAKING_MARGIN
 
 
 def end_chunk(time_s: float, s: StreamConfig) -> int:

@@ -33,9 +33,10 @@ from interaction_jax import stream, timeline, tokenizer
 from interaction_jax.audio import wav
 from interaction_jax.config import Config
 from interaction_jax.data import pipeline, preview, scenarios
-from interaction_jax.data.episode import ClipSource, Episode, ScenarioContext, chunk_seconds
+from interaction_jax.data.episode import ClipSource, Episode, ScenarioContext
 from interaction_jax.eval import behaviour
 from interaction_jax.eval.rollout import VOCODER_ITERATIONS, Rollout, rollout, rollout_engine
+from interaction_jax.stream import chunk_seconds
 
 # What the table shows per scenario: (metric key, label, unit); unit is "pct", "chunks", "s" or "count"
 # (a 0/1 per episode shown as correct/episodes). Every scenario also shows COMMON_COLUMNS.

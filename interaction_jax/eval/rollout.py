@@ -16,12 +16,13 @@ import dataclasses
 import numpy as np
 
 from interaction_jax import stream
-from interaction_jax.audio import vocoder
+from interaction_jax.audio import activity, vocoder
 from interaction_jax.config import Config, StreamConfig
 from interaction_jax.data import render
-from interaction_jax.data.episode import Episode, chunk_samples
+from interaction_jax.data.episode import Episode
 from interaction_jax.eval import behaviour
 from interaction_jax.serve.engine import ChunkInput, Engine
+from interaction_jax.stream import chunk_samples
 
 VOCODER_ITERATIONS = 8  # Griffin-Lim iterations for listening to the model (32 is the vocoder's default)
 
@@ -75,16 +76,16 @@ class Rollout:
     @property
     def energy(self) -> np.ndarray:
         """float32 [n]: mean log10-mel of the model's audio per chunk (dMel range)."""
-        return behaviour.chunk_energy(self.mel, self.stream)
+        return activity.chunk_energy(self.mel, self.stream)
 
     @property
     def reference_energy(self) -> np.ndarray:
-        return behaviour.chunk_energy(self.reference_mel, self.stream)
+        return activity.chunk_energy(self.reference_mel, self.stream)
 
     @property
     def speaking(self) -> np.ndarray:
         """bool [n]: the model's audio energy is above the speaking threshold."""
-        return behaviour.audio_active(self.energy, self.stream)
+        return activity.audio_active(self.energy, self.stream)
 
     def metrics(self, annotations: dict) -> dict:
         """The behaviour metrics of what the model did, against the episode's `annotations` and reference."""

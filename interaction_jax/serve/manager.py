@@ -37,10 +37,10 @@ from collections.abc import Callable
 from absl import logging
 
 from interaction_jax import tokenizer
-from interaction_jax.data.episode import chunk_seconds
 from interaction_jax.serve.agents import Agent, AgentRequest, StreamClock
 from interaction_jax.serve.engine import CapacityError, Engine
 from interaction_jax.serve.session import ClientChunk, Reply, Session
+from interaction_jax.stream import chunk_seconds
 
 # Realtime: chunks that may wait for their ticks (in flight + jitter buffer), 1 s of stream at 200 ms: a
 # chunk that arrived late and the ones after it on time land between the same ticks until a pause.

@@ -20,8 +20,8 @@ import numpy as np
 
 from interaction_jax.audio import wav
 from interaction_jax.config import Config
-from interaction_jax.data.episode import chunk_samples
 from interaction_jax.serve.session import ClientChunk, Reply
+from interaction_jax.stream import chunk_samples
 
 VERSION = 1
 AUDIO_FORMATS = {"pcm16": np.dtype("<i2"), "f32": np.dtype("<f4")}

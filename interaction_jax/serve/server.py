@@ -32,10 +32,10 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from interaction_jax import stream
-from interaction_jax.data.episode import chunk_samples
 from interaction_jax.serve import protocol
 from interaction_jax.serve.manager import Closed, EngineFailed, LiveSession, Notice, Refused, SessionManager
 from interaction_jax.serve.protocol import ProtocolError
+from interaction_jax.stream import chunk_samples
 
 MAX_THROTTLED_ADDRESSES = 4096  # addresses whose wrong tokens are remembered (the oldest are forgotten)
 TICK_QUANTILES = (0.5, 0.9, 0.99)

@@ -21,11 +21,10 @@ import dataclasses
 import numpy as np
 
 from interaction_jax import stream, tokenizer
-from interaction_jax.audio import features, vocoder, wav
+from interaction_jax.audio import activity, features, vocoder, wav
 from interaction_jax.config import PATCH_SIZE, Config
-from interaction_jax.data.episode import chunk_seconds
-from interaction_jax.eval import behaviour
 from interaction_jax.serve.engine import ChunkInput, ChunkOutput
+from interaction_jax.stream import chunk_seconds
 
 MAX_REQUEST_BYTES = 256  # a DELEGATE run longer than this is dropped as malformed
 
@@ -195,7 +194,7 @@ class Session:
         text = "".join(said)
 
         mel = np.clip(out.mel, s.dmel_min, s.dmel_max)
-        speaking = bool(behaviour.audio_active(behaviour.chunk_energy(mel[None], s), s)[0])
+        speaking = bool(activity.audio_active(activity.chunk_energy(mel[None], s), s)[0])
         if speaking != self._speaking:
             events.append({"type": "speaking", "on": speaking})
             self._speaking = speaking
