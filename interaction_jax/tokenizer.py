@@ -62,18 +62,56 @@ def encode(text: str, specials: bool = True) -> list[int]:
     return ids
 
 
+MAX_REQUEST_BYTES = 256  # a DELEGATE run longer than this is not a request (a model that never closes one)
+
+
+class RequestReader:
+    """Reads DELEGATE … END_DELEGATE requests out of TEXT_OUT ids one token at a time: the one rule for
+    what a request is, which the session (it sends them to the agent), the behaviour metrics and
+    `spoken_text` share. A request is DELEGATE, at most MAX_REQUEST_BYTES bytes (PAD between them is
+    nothing), END_DELEGATE. Any other token inside, or one byte too many, means it was not a request:
+    what was read is dropped and that token counts as itself (a DELEGATE starts a new request)."""
+
+    def __init__(self):
+        self._body: bytearray | None = None
+
+    @property
+    def inside(self) -> bool:
+        return self._body is not None
+
+    def feed(self, i: int) -> tuple[bool, str | None]:
+        """(taken, request): `taken` when the token belongs to a request (it is not spoken); `request`, the
+        request's text, when this token completes one."""
+        if self._body is None:
+            if i == DELEGATE:
+                self._body = bytearray()
+                return True, None
+            return False, None
+        if i == PAD:
+            return True, None
+        if i == END_DELEGATE:
+            text = self._body.decode("utf-8", errors="replace")
+            self._body = None
+            return True, text
+        if i < NUM_BYTES and len(self._body) < MAX_REQUEST_BYTES:
+            self._body.append(i)
+            return True, None
+        self._body = None  # not a request after all
+        return self.feed(i)
+
+
 def spoken_text(ids: Iterable[int]) -> str:
     """What the model says aloud in TEXT_OUT `ids`: its words as text, one space between them. PAD is
     dropped, SPEAK (which starts each word) and EOT are word breaks, a DELEGATE … END_DELEGATE request
-    is not spoken (it goes to the background model), and runs of whitespace become one space."""
+    (`RequestReader`) is not spoken (it goes to the background model), and runs of whitespace become
+    one space."""
     kept: list[int] = []
-    in_request = False
+    requests = RequestReader()
     for i in (int(i) for i in ids):
-        if in_request:
-            in_request = i != END_DELEGATE
-        elif i == DELEGATE:
-            in_request = True
-            kept.append(ord(" "))
+        taken, _ = requests.feed(i)
+        if taken:
+            if i == DELEGATE:
+                kept.append(ord(" "))
         elif i < NUM_BYTES:
             kept.append(i)
         elif i != PAD:

@@ -235,6 +235,10 @@ def test_backchannel_and_delegate():
     m = behaviour.delegate(ann, wrong, S)
     assert m["delegate_hit"] == 0.0 and m["answer_said"] == 0.0 and m["answer_delay_chunks"] is None
     assert behaviour.delegate(ann, say(silent(), 10, "<delegate>9+12</delegate>"), S)["request_exact"] == 0.0
+    # a request broken by another special is no request, by the session's rule (tokenizer.RequestReader),
+    # even when the right text and an END_DELEGATE follow later
+    broken = behaviour.delegate(ann, say(silent(), 10, "<delegate>9+<speak>13</delegate>"), S)
+    assert broken["delegate_hit"] == 1.0 and broken["request_exact"] == 0.0
 
 
 def test_aggregate_skips_what_does_not_apply():

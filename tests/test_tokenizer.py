@@ -90,3 +90,39 @@ def test_spoken_text_reads_the_words_back():
     assert tokenizer.spoken_text([*b"ab", *b"cd"]) == "abcd"
     # round trip through the names: SPEAK is a special like the others
     assert tokenizer.encode(tokenizer.decode(ids)) == ids[:0] + [i for i in ids if i != PAD]
+
+
+def read_requests(ids):
+    reader, out = tokenizer.RequestReader(), []
+    for i in ids:
+        taken, request = reader.feed(i)
+        out.append((taken, request))
+    return out, reader.inside
+
+
+def test_request_reader_is_the_one_rule_for_what_a_request_is():
+    D, ED, SPEAK = DELEGATE, END_DELEGATE, tokenizer.SPEAK
+    # DELEGATE, bytes (PAD between them is nothing), END_DELEGATE: every token taken, the text at the end
+    out, inside = read_requests([D, *b"17", PAD, *b"+25", ED])
+    assert all(taken for taken, _ in out) and out[-1] == (True, "17+25") and not inside
+    assert [r for _, r in out[:-1]] == [None] * 7
+    # outside a request nothing is taken
+    assert read_requests([*b"hi", SPEAK, EOT]) == ([(False, None)] * 4, False)
+    # another special inside: not a request; what was read is dropped and the special counts as itself
+    out, inside = read_requests([D, *b"2+", SPEAK, *b"ok"])
+    assert out == [(True, None)] * 3 + [(False, None)] * 3 and not inside
+    # a DELEGATE inside starts a new request
+    out, _ = read_requests([D, *b"x", D, *b"y", ED])
+    assert out[-1] == (True, "y")
+    # one byte past MAX_REQUEST_BYTES: not a request, and that byte is spoken
+    n = tokenizer.MAX_REQUEST_BYTES
+    out, inside = read_requests([D, *([ord("a")] * (n + 1)), ED])
+    assert all(taken for taken, _ in out[: n + 1]) and out[n + 1] == (False, None) and out[-1] == (False, None)
+    out, _ = read_requests([D, *([ord("a")] * n), ED])
+    assert out[-1] == (True, "a" * n)
+
+
+def test_spoken_text_drops_a_broken_request_but_keeps_what_broke_it():
+    D, SPEAK = DELEGATE, tokenizer.SPEAK
+    assert tokenizer.spoken_text([D, *b"2+2", SPEAK, *b"four", EOT]) == "four"
+    assert tokenizer.spoken_text([SPEAK, *b"hi", D, *b"never closed"]) == "hi"

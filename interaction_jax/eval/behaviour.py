@@ -317,12 +317,19 @@ def rep_count(annotations: dict, text, s: StreamConfig) -> Metrics:
 
 
 def _delegate_request(stream: TextStream, lo: int, hi: int) -> tuple[int | None, str | None]:
-    """(chunk, request text) of the first DELEGATE written in chunks [lo, hi]; the text runs to END_DELEGATE."""
+    """(chunk, request text) of the first DELEGATE written in chunks [lo, hi]; the text is None when what
+    follows it is not a request by the session's rule (`tokenizer.RequestReader`)."""
     for i in np.flatnonzero(stream.ids == tokenizer.DELEGATE):
         if lo <= stream.chunks[i] <= hi:
-            ends = np.flatnonzero(stream.ids[i + 1 :] == tokenizer.END_DELEGATE)
-            body = stream.ids[i + 1 : i + 1 + ends[0]] if len(ends) else None
-            return int(stream.chunks[i]), None if body is None else tokenizer.decode(body.tolist())
+            reader = tokenizer.RequestReader()
+            reader.feed(tokenizer.DELEGATE)
+            for j in (int(j) for j in stream.ids[i + 1 :]):
+                taken, request = reader.feed(j)
+                if request is not None:
+                    return int(stream.chunks[i]), request
+                if not taken or j == tokenizer.DELEGATE:  # it was not a request
+                    break
+            return int(stream.chunks[i]), None
     return None, None
 
 

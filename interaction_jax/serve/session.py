@@ -26,8 +26,6 @@ from interaction_jax.config import PATCH_SIZE, Config
 from interaction_jax.serve.engine import ChunkInput, ChunkOutput
 from interaction_jax.stream import chunk_seconds
 
-MAX_REQUEST_BYTES = 256  # a DELEGATE run longer than this is dropped as malformed
-
 
 @dataclasses.dataclass(frozen=True)
 class ClientChunk:
@@ -86,7 +84,7 @@ class Session:
         self._queued = 0  # … and put in it
         self._result_events: collections.deque[tuple[int, dict]] = collections.deque()  # (queued mark, event)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._request: bytearray | None = None  # inside DELEGATE … END_DELEGATE
+        self._requests = tokenizer.RequestReader()  # DELEGATE … END_DELEGATE runs, across chunks
         self._speaking = False
         self._model_line: list[str] = []
         self._model_line_start = 0.0
@@ -169,20 +167,13 @@ class Session:
                 said.append(text)
 
         for i in (int(t) for t in out.text):
-            if i == tokenizer.PAD:
+            taken, request = self._requests.feed(i)
+            if request is not None:
+                requests.append(request)
+                events.append({"type": "delegated", "request": request})
+            if taken or i == tokenizer.PAD:
                 continue
-            if self._request is not None:
-                if i == tokenizer.END_DELEGATE:
-                    requests.append(self._request.decode("utf-8", errors="replace"))
-                    events.append({"type": "delegated", "request": requests[-1]})
-                    self._request = None
-                elif i < tokenizer.NUM_BYTES and len(self._request) < MAX_REQUEST_BYTES:
-                    self._request.append(i)
-                else:  # another special inside a request, or an endless one: not a request after all
-                    self._request = None
-            elif i == tokenizer.DELEGATE:
-                self._request = bytearray()
-            elif i < tokenizer.NUM_BYTES:
+            if i < tokenizer.NUM_BYTES:
                 spoken.append(i)
             elif i == tokenizer.SPEAK:  # a new word: a space, unless it starts the line
                 if spoken or self._model_line:
