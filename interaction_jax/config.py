@@ -246,6 +246,8 @@ class KernelsConfig:
 
 
 SCENARIOS = ("turn_taking", "backchannel", "interruption", "time_speak", "cue_speak", "rep_count", "delegate")
+# Every scenario needs this long for a whole exchange (data.scenarios lays them out within it).
+MIN_EPISODE_SECONDS = 9.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -660,8 +662,6 @@ def validate(cfg: Config, num_devices: int | None = None, purpose: Literal["all"
         )
     if any(w < 0 for w in d.weights) or sum(d.weights) <= 0:
         raise ConfigError("data.weights", f"weights must be >= 0 with a positive sum, got {list(d.weights)}", "")
-    from interaction_jax.data.scenarios import MIN_EPISODE_SECONDS  # local: data imports this module
-
     if d.episode_chunks * s.chunk_ms < 1000 * MIN_EPISODE_SECONDS:
         need = math.ceil(1000 * MIN_EPISODE_SECONDS / s.chunk_ms)
         raise ConfigError(

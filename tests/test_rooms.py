@@ -11,6 +11,7 @@ import pytest
 
 ROOMS = {
     # room: (the modules to import, the packages that must stay unloaded)
+    "config": (["interaction_jax.config"], ["interaction_jax.data", "interaction_jax.model", "interaction_jax.train"]),
     "model": (
         ["interaction_jax.model.step"],
         ["interaction_jax.train", "interaction_jax.serve", "interaction_jax.data"],
@@ -24,7 +25,10 @@ ROOMS = {
 
 
 def loaded_modules(imports: list[str]) -> set[str]:
-    code = "import sys\n" + "".join(f"import {m}\n" for m in imports) + "print('\\n'.join(sys.modules))"
+    code = "import sys\n" + "".join(f"import {m}\n" for m in imports)
+    if "interaction_jax.config" in imports:  # validation is where the config once reached into data
+        code += "interaction_jax.config.validate(interaction_jax.config.preset('tiny'))\n"
+    code += "print('\\n'.join(sys.modules))"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return set(
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from interaction_jax.config import MIN_EPISODE_SECONDS
 from interaction_jax.data.episode import Episode, ScenarioContext, check_episode
 from interaction_jax.data.scenarios import (
     backchannel,
@@ -50,8 +51,6 @@ from interaction_jax.data.scenarios import (
     turn_taking,
 )
 from interaction_jax.data.scenarios.common import EpisodeTooShort
-
-MIN_EPISODE_SECONDS = 9.0
 
 SCENARIOS: dict[str, Callable[[int, ScenarioContext], Episode]] = {
     turn_taking.NAME: turn_taking.make,
