@@ -132,7 +132,6 @@ class MeshConfig:
         ("act_heads", ("tensor",)),
         ("act_kv_heads", ("tensor",)),
         ("act_mlp", ("tensor",)),
-        ("act_exp", ("expert",)),
         ("act_vocab", ("tensor",)),
         ("cache_batch", ("data", "fsdp", "expert")),
         ("cache_len", ()),
@@ -484,10 +483,11 @@ def load_yaml(path: str | Path, base: Config | None = None) -> Config:
 
 
 def load_mesh(path: str | Path) -> MeshConfig:
-    """A mesh config from one of the `mesh_configs/*.yaml` files."""
+    """A mesh config from one of the `mesh_configs/*.yaml` files: its name, device kind and axes, with
+    `MeshConfig`'s logical-axis rules unless the file gives a `rules:` mapping, which replaces them."""
     with open(path) as f:
         data = yaml.safe_load(f) or {}
-    return _from_dict(MeshConfig, data, "mesh", MeshConfig(rules=()))
+    return _from_dict(MeshConfig, data, "mesh", MeshConfig())
 
 
 def override(cfg: Config, assignments: list[str]) -> Config:

@@ -226,3 +226,11 @@ def test_logical_constraint_inside_mesh_context(cpu8):
         return nn.with_logical_constraint(x * 2, ("act_batch", "act_mlp"))
 
     assert len(g(x).sharding.device_set) == 1
+
+
+def test_a_mesh_yaml_without_rules_takes_the_default_rules_and_rules_replace_them(tmp_path):
+    base = "name: m\ndevice_kind: cpu\naxes: {data: -1}\n"
+    (tmp_path / "plain.yaml").write_text(base)
+    (tmp_path / "own.yaml").write_text(base + "rules: {act_batch: [data], embed: []}\n")
+    assert config.load_mesh(tmp_path / "plain.yaml").rules == config.MeshConfig().rules
+    assert config.load_mesh(tmp_path / "own.yaml").rules == (("act_batch", ("data",)), ("embed", ()))
