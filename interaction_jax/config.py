@@ -515,6 +515,13 @@ def dump_yaml(cfg: Config) -> str:
 # Validation
 
 
+def implied_devices(mesh: MeshConfig) -> tuple[int, bool]:
+    """(devices the mesh's sizes × dcn imply, whether an axis is -1): with a -1 axis, the fewest devices
+    it allows (any multiple fits)."""
+    rest = any(getattr(mesh.axes, a) == -1 for a in MESH_AXES)
+    return math.prod(abs(getattr(mesh.axes, a)) * getattr(mesh.dcn, a) for a in MESH_AXES), rest
+
+
 def resolve_axis_sizes(mesh: MeshConfig, num_devices: int) -> dict[str, int]:
     """Axis sizes with -1 resolved against the device count (dcn sizes multiplied in)."""
     sizes = {a: getattr(mesh.axes, a) * getattr(mesh.dcn, a) for a in MESH_AXES}

@@ -123,5 +123,5 @@ def make_plan(cfg: Config, num_devices: int) -> Plan:
 
 def default_device_count(mesh: config_lib.MeshConfig) -> int | None:
     """The device count a mesh config implies when no axis is -1 (None otherwise)."""
-    sizes = [getattr(mesh.axes, a) * getattr(mesh.dcn, a) for a in config_lib.MESH_AXES]
-    return None if any(getattr(mesh.axes, a) == -1 for a in config_lib.MESH_AXES) else math.prod(sizes)
+    count, rest = config_lib.implied_devices(mesh)
+    return None if rest else count

@@ -229,13 +229,6 @@ def run_name(overrides: Mapping[str, Any], swept: Sequence[str]) -> str:
 # Planning: every run's config, validated before anything runs
 
 
-def _mesh_devices(mesh: config_lib.MeshConfig) -> tuple[int, bool]:
-    """(devices the mesh implies, whether an axis is -1); with a -1 axis, the fewest devices it allows."""
-    rest = any(getattr(mesh.axes, a) == -1 for a in config_lib.MESH_AXES)
-    count = math.prod(abs(getattr(mesh.axes, a)) * getattr(mesh.dcn, a) for a in config_lib.MESH_AXES)
-    return count, rest
-
-
 def _apply(cfg: config_lib.Config, assignments: Sequence[str], where: str) -> config_lib.Config:
     try:
         return config_lib.override(cfg, list(assignments))
@@ -286,7 +279,7 @@ def plan_runs(
             )
     _apply(cfg0, sets, "--set")  # unknown keys and bad values in --set are named as such
 
-    devices = num_devices or _mesh_devices(cfg0.mesh)[0]
+    devices = num_devices or config_lib.implied_devices(cfg0.mesh)[0]
     planned: list[PlannedRun] = []
     names: dict[str, int] = {}
     for i, overrides in enumerate(sweep.runs):
@@ -536,7 +529,7 @@ def pod_layout(
         )
     if hosts is not None and hosts < 1:
         raise SweepError("--hosts", f"must be at least 1, got {hosts}", "")
-    implied, rest = _mesh_devices(mesh)
+    implied, rest = config_lib.implied_devices(mesh)
     slices = math.prod(getattr(mesh.dcn, a) for a in config_lib.MESH_AXES)
     if num_devices:
         devices = num_devices
