@@ -11,6 +11,9 @@ import time
 import urllib.request
 
 import numpy as np
+import pytest
+import websockets
+import websockets.sync.client
 
 from interaction_jax import config as config_lib
 from interaction_jax import tokenizer
@@ -36,7 +39,17 @@ def test_serve_and_talk_from_a_checkpoint(tmp_path):
 
     port = _free_port()
     server = subprocess.Popen(
-        _cli("serve", "--workdir", str(workdir), "--port", str(port), "--set", "serve.clock=lockstep"),
+        _cli(
+            "serve",
+            "--workdir",
+            str(workdir),
+            "--port",
+            str(port),
+            "--set",
+            "serve.clock=lockstep",
+            "--allow-origin",
+            "https://app.example",
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -103,6 +116,12 @@ def test_serve_and_talk_from_a_checkpoint(tmp_path):
         ):
             assert line in metrics, line
 
+        # --allow-origin takes effect: that browser page may open a session, any other is refused (403)
+        with websockets.sync.client.connect(f"ws://127.0.0.1:{port}", origin="https://app.example", open_timeout=10):
+            pass
+        with pytest.raises(websockets.InvalidStatus, match="403"):
+            websockets.sync.client.connect(f"ws://127.0.0.1:{port}", origin="https://evil.example", open_timeout=10)
+
         bad = subprocess.run(
             _cli("talk", "--server", f"ws://127.0.0.1:{port}", "--wav", str(tmp_path / "in.wav"), "--text", "soon"),
             capture_output=True,
@@ -114,7 +133,8 @@ def test_serve_and_talk_from_a_checkpoint(tmp_path):
         server.send_signal(signal.SIGTERM)
         rest, err = server.communicate(timeout=60)
     assert server.returncode == 0, err[-3000:]
-    assert "stopped after 11 ticks; 1 connection(s)" in rest  # the bad --text never connected
+    # talk, and the allowed browser origin; the refused origin and the bad --text never connected
+    assert "stopped after 11 ticks; 2 connection(s)" in rest
 
 
 def test_serve_refuses_a_public_bind_without_a_token_before_loading_the_model(tmp_path):
