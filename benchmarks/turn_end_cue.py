@@ -50,7 +50,7 @@ FOLDS = 3
 PAUSE_FALSE_START_BAR = 0.10  # the turn-taking gate on starts in mid-turn pauses
 
 
-def heldout_episodes(cfg: config_lib.Config, split: str, episodes: int, clips):
+def turn_taking_episodes(cfg: config_lib.Config, split: str, episodes: int, clips):
     ctx = ScenarioContext(stream=cfg.stream, clips=clips, split=split, num_chunks=cfg.data.episode_chunks)
     for index in range(episodes):
         yield scenarios.make_episode("turn_taking", pipeline.episode_seed(cfg.data, split, index), ctx)
@@ -71,7 +71,7 @@ def silence_onsets(cfg: config_lib.Config, split: str, episodes: int, clips) -> 
     s = cfg.stream
     hop = features.hop_samples(s)
     out = []
-    for ep in heldout_episodes(cfg, split, episodes, clips):
+    for ep in turn_taking_episodes(cfg, split, episodes, clips):
         mel = features.log_mel(ep.user_audio, s)
         voice = ep.annotations["user_voice"]
         out.extend((mel, round(t * s.sample_rate) // hop, label, (voice, line)) for t, label, line in silences(ep))
@@ -164,7 +164,7 @@ def model_scores(workdir: str, episodes: int, clips) -> tuple[np.ndarray, np.nda
         return step_lib.text_logits(params, hidden, cfg=cfg)
 
     scores, labels = [], []
-    for ep in heldout_episodes(cfg, "heldout", episodes, clips):
+    for ep in turn_taking_episodes(cfg, "heldout", episodes, clips):
         (window,) = render.episode_windows(ep, s, ep.num_chunks)
         logits = np.asarray(text_logits(params, {k: v[None] for k, v in window.items() if k != "loss_mask"}))[0]
         slots = np.nonzero(window["kind"] == stream.Kind.TEXT_OUT)[0]
