@@ -54,7 +54,7 @@ def test_kernel_choice_follows_the_alignment():
         config_lib.validate(config_lib.override(BASE, ["kernels.moe_block_k=128"]))
 
 
-@pytest.mark.parametrize("dispatch", ["gemv", "gmm", "auto"])
+@pytest.mark.parametrize("dispatch", ["gemv", "gmm"])  # `auto` picks one of them: the next test
 def test_moe_kernel_dispatches_agree_with_dense_and_train(dispatch):
     """The model's loss and gradients with the MoE kernels equal the dense dispatch's to float tolerance."""
     from interaction_jax.testing import random_batch
@@ -72,6 +72,38 @@ def test_moe_kernel_dispatches_agree_with_dense_and_train(dispatch):
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
     for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-3, atol=1e-5)
+
+
+def test_auto_dispatch_takes_gemv_for_a_chunk_and_gmm_for_a_window(monkeypatch):
+    """`model.moe_dispatch=auto` runs moe_gemv for a serving chunk's few tokens and moe_gmm for a
+    training window (a static choice, so tracing shows it: nothing is run)."""
+    from interaction_jax.model import cache as kv_cache
+    from interaction_jax.testing import microturn_block, random_batch, random_chunks
+
+    calls = []
+    real = {name: getattr(kernels.pallas_kernels, name) for name in ("moe_gemv_slots", "moe_gmm_slots")}
+    for name in real:
+
+        def spy(x, *args, _real=real[name], _name=name, **kwargs):
+            calls.append((_name, x.shape[0]))
+            return _real(x, *args, **kwargs)
+
+        monkeypatch.setattr(kernels.pallas_kernels, name, spy)
+    cfg = config_lib.validate(BASE)
+    s, limit = cfg.stream, cfg.kernels.moe_gemv_max_tokens
+    params = jax.eval_shape(lambda: step_lib.init_params(cfg, jax.random.key(0)))
+    batch = random_batch(s, 2, batch=1, seed=3)
+    jax.eval_shape(lambda p: step_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0], params)
+    window = batch["kind"].shape[1]
+    assert window > limit and ("moe_gmm_slots", window) in calls
+    assert all((name == "moe_gmm_slots") == (n > limit) for name, n in calls)
+
+    calls.clear()
+    block = microturn_block(s, random_chunks(s, 0, 1, seed=1) * 2, teacher=True)
+    cache = kv_cache.init_cache(cfg.model, 2, 64)
+    sampling = step_lib.Sampling.from_config(cfg)
+    jax.eval_shape(lambda p: step_lib.microturn(p, cache, block, jax.random.key(0), sampling, cfg=cfg), params)
+    assert calls and {name for name, _ in calls} == {"moe_gemv_slots"} and max(n for _, n in calls) <= limit
 
 
 def test_bitwise_training_differentiates_and_its_gradients_are_the_fast_paths():
