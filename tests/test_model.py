@@ -18,7 +18,21 @@ from interaction_jax.model import step as step_lib
 from interaction_jax.testing import microturn_block, random_batch, random_chunks
 from tests.fixtures import token_slice
 
-TINY = config_lib.preset("tiny")
+# Smaller than `tiny` (which costs minutes here): what these tests check does not depend on width or
+# depth, only on the model having every part — two layers (a cache across layers), GQA heads that split
+# over the tensor axis, four experts (top-2) over the expert axis, video, the flow head.
+TINY = config_lib.override(
+    config_lib.preset("tiny"),
+    [
+        "model.n_layers=2",
+        "model.d_model=64",
+        "model.head_dim=16",
+        "model.expert_mlp=64",
+        "model.dense_mlp=128",
+        "model.flow_hidden=64",
+        "model.flow_blocks=1",
+    ],
+)
 
 
 def with_stream(**kw) -> config_lib.Config:
@@ -154,7 +168,8 @@ def test_sharded_forward_and_gradients_match_single_device(tiny_params):
     assert params["block0"]["attn"]["wq"].sharding.spec == jax.sharding.PartitionSpec(None, "tensor", None)
     assert params["text_head"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
     assert len(moe["w_gate"].addressable_shards) == 8
-    assert moe["w_gate"].addressable_shards[0].data.shape == (2, 128, 128)
+    m = cfg.model  # experts split over expert 2, their hidden width over tensor 2
+    assert moe["w_gate"].addressable_shards[0].data.shape == (m.n_experts // 2, m.d_model, m.expert_mlp // 2)
 
     assert rel_err(loss, ref_loss) <= 1e-5
     for path, ref in jax.tree.leaves_with_path(ref_metrics):  # scalars and the per-row sums under "rows"
@@ -165,9 +180,11 @@ def test_sharded_forward_and_gradients_match_single_device(tiny_params):
         assert rel_err(g, r) <= 1e-5, jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow
 def test_tiny_overfits_one_batch():
-    """Loss falls by ≥ 90% on one fixed batch within a few hundred steps (the model can learn)."""
-    cfg = TINY
+    """Loss falls by ≥ 90% on one fixed batch within a few hundred steps (the model can learn). The
+    real `tiny`: the smaller model above stalls at ~12% (its one-block flow head cannot fit the mels)."""
+    cfg = config_lib.preset("tiny")
     batch = random_batch(cfg.stream, 5, batch=2, seed=11)
     params = step_lib.init_params(cfg, jax.random.key(0))
     opt = optax.adam(3e-3)
