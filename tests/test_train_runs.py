@@ -70,11 +70,19 @@ def run(cmd: list[str], env: dict, timeout: float = 300) -> subprocess.Completed
     return result
 
 
-def start_and_signal(cmd: list[str], env: dict, workdir: Path, after_steps: int, sig: int) -> subprocess.Popen:
-    """Start a run and send `sig` once metrics.jsonl shows `after_steps` training steps."""
+def saved_steps(workdir: Path) -> list[int]:
+    """The finished checkpoint steps (orbax renames a step's folder to its number once it is complete)."""
+    return sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+
+
+def start_and_signal(
+    cmd: list[str], env: dict, workdir: Path, after_steps: int, sig: int, after_checkpoint: int = 0
+) -> subprocess.Popen:
+    """Start a run and send `sig` once metrics.jsonl shows `after_steps` training steps (and, with
+    `after_checkpoint`, once the checkpoint of that step is complete)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while len(train_losses(workdir)) < after_steps:
+    while len(train_losses(workdir)) < after_steps or after_checkpoint not in [0, *saved_steps(workdir)]:
         assert proc.poll() is None, f"the run ended before step {after_steps}: {proc.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, "the run made no progress"
         time.sleep(0.05)
@@ -105,22 +113,29 @@ def test_baseline_logs_every_step_and_evaluates(baseline):
 
 def test_killed_stopped_and_resumed_run_repeats_the_uninterrupted_losses(baseline, tmp_path, env):
     workdir = tmp_path / "run"
+    # SIGKILL once the step-2 checkpoint is complete, at a random step of 2–4 (the step-4 save may be
+    # under way): the restart must resume from the newest complete checkpoint, not from step 0.
     kill_at = random.Random(os.environ.get("PYTEST_XDIST_WORKER", "seed")).randint(2, 4)
-    proc = start_and_signal(train_command(workdir), env, workdir, kill_at, signal.SIGKILL)
+    proc = start_and_signal(train_command(workdir), env, workdir, kill_at, signal.SIGKILL, after_checkpoint=2)
     assert proc.returncode == -signal.SIGKILL
+    resumed_at, logged = saved_steps(workdir)[-1], len(train_losses(workdir))
+    assert resumed_at >= 2
 
-    # SIGTERM on the restarted run: it stops at a step boundary with a complete checkpoint
-    proc = start_and_signal(train_command(workdir), env, workdir, kill_at + 2, signal.SIGTERM)
-    out = proc.stdout.read()
-    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    # SIGTERM on the restarted run once it has logged past the killed run's rows (it cuts the log back
+    # to its checkpoint): it stops at a step boundary with a complete checkpoint
+    proc = start_and_signal(train_command(workdir), env, workdir, logged + 1, signal.SIGTERM)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    assert f"resuming from step {resumed_at} " in err  # a resume, not a restart from step 0
     stopped = train_losses(workdir)[-1][0]
     assert f"stopped early (checkpoint saved): step {stopped}" in out
-    assert stopped < STEPS and checkpoint.Checkpoints(workdir).steps()[-1] == stopped
+    assert resumed_at < stopped < STEPS and checkpoint.Checkpoints(workdir).steps()[-1] == stopped
     _, params, step = checkpoint.load_params(workdir)
     assert step == stopped and params["text_head"]["kernel"].shape[0] == 64
 
     result = run(train_command(workdir, "--profile", "2"), env)
     assert f"done: step {STEPS}" in result.stdout
+    assert f"resuming from step {stopped} " in result.stderr
     assert train_losses(workdir) == train_losses(baseline)  # bit for bit, step for step
     assert list((workdir / "profile").rglob("*.xplane.pb")), "no profiler trace written"
 
@@ -143,8 +158,6 @@ def test_two_processes_of_four_devices_match_one_of_eight(baseline, tmp_path, en
                 address,
                 "--num_processes=2",
                 f"--process_id={i}",
-                "--set",
-                "train.eval_every=0",  # evaluation does not change the losses; skip its compile
             ),
             env=env4,
             stdout=subprocess.PIPE,
@@ -160,5 +173,12 @@ def test_two_processes_of_four_devices_match_one_of_eight(baseline, tmp_path, en
     assert [s for s, _ in multi] == [s for s, _ in single]
     # Not bit-equal: gloo's cross-process all-reduce sums in another order (measured: ≤ 1e-7 relative).
     assert [loss for _, loss in multi] == pytest.approx([loss for _, loss in single], rel=1e-5)
+    # Held-out evaluation gathers every process's rows (process_allgather): the same report as one process.
+    held = [[r for r in read_jsonl(w / "metrics.jsonl") if r["split"] == "heldout"] for w in (workdir, baseline)]
+    assert [r["step"] for r in held[0]] == [r["step"] for r in held[1]] == [4, 8]
+    for got, want in zip(*held, strict=True):
+        assert got.keys() == want.keys() and got["split"] == want["split"]
+        numbers = [k for k in want if k != "split"]
+        assert {k: got[k] for k in numbers} == pytest.approx({k: want[k] for k in numbers}, rel=1e-5)
     data = workdir / "checkpoints" / str(STEPS) / "data"
     assert sorted(p.name for p in data.glob("*.json")) == ["process_0-of-2.json", "process_1-of-2.json"]
