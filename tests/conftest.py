@@ -1,9 +1,23 @@
-"""Test session set-up: 8 fake CPU devices for the sharding tests, set before JAX is imported."""
+"""Test session set-up: 8 fake CPU devices for the sharding tests, set before JAX is imported; one
+persistent compilation cache; the slow tests first.
+
+The compilation cache (`tmp/jax_cache`, unless JAX_COMPILATION_CACHE_DIR is set) is shared by the
+xdist workers and the CLI subprocesses the tests start (they inherit the environment), and kept
+between runs: a program compiled once is read back (a fresh clone starts with it empty). An entry is
+keyed by the program, the compile options and the JAX version, so a stale one is never used; it is
+not size-capped (that needs `filelock`): delete the folder to reclaim the space.
+
+Modules whose module fixtures are costly (a training run, a warmed-up engine) carry
+`pytest.mark.xdist_group`, which `--dist loadgroup` (pyproject's addopts) keeps on one worker, so the
+fixture is built once rather than once per worker.
+"""
 
 import os
+from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / "tmp" / "jax_cache"))
 
 import jax
 import pytest
@@ -15,3 +29,7 @@ def pytest_collection_modifyitems(config, items):
         for marker in ("gpu", "tpu"):
             if marker in item.keywords and backend != marker:
                 item.add_marker(pytest.mark.skip(reason=f"needs a {marker.upper()}"))
+    # Modules with slow tests first, so that the workers do not wait on one long test at the end. Whole
+    # modules move (a stable sort), so that no module fixture is built twice on a worker.
+    slow_modules = {item.nodeid.split("::")[0] for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_modules)

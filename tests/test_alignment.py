@@ -30,6 +30,7 @@ def _window_and_chunked_logits(cfg):
     return window_and_chunked_text_logits(cfg, step_lib.init_params(cfg, jax.random.key(0)))
 
 
+@pytest.mark.slow
 def test_bitwise_alignment_gives_serving_the_training_logits_bit_for_bit():
     window, chunked = _window_and_chunked_logits(
         config_lib.validate(config_lib.override(BASE, ["kernels.alignment=bitwise"]))
@@ -54,6 +55,7 @@ def test_kernel_choice_follows_the_alignment():
         config_lib.validate(config_lib.override(BASE, ["kernels.moe_block_k=128"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dispatch", ["gemv", "gmm"])  # `auto` picks one of them: the next test
 def test_moe_kernel_dispatches_agree_with_dense_and_train(dispatch):
     """The model's loss and gradients with the MoE kernels equal the dense dispatch's to float tolerance."""
@@ -106,6 +108,7 @@ def test_auto_dispatch_takes_gemv_for_a_chunk_and_gmm_for_a_window(monkeypatch):
     assert calls and {name for name, _ in calls} == {"moe_gemv_slots"} and max(n for _, n in calls) <= limit
 
 
+@pytest.mark.slow
 def test_bitwise_training_differentiates_and_its_gradients_are_the_fast_paths():
     """The bitwise kernels train (their VJPs are XLA's): loss and gradients match `alignment: fast`
     to float tolerance, and the loss under differentiation is the kernels' forward, bit for bit."""

@@ -12,6 +12,9 @@ from interaction_jax import config as config_lib
 from interaction_jax.train import loop
 from tests.test_train import SMALL
 
+# A trained workdir (module fixture) shared by the tests here: one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("eval_cli")]
+
 
 def _eval(workdir, out, *sets: str) -> subprocess.CompletedProcess:
     args = ["eval", "--workdir", str(workdir), "--out", str(out), "--episodes", "1", "--seeds", "1"]

@@ -193,6 +193,7 @@ def _tpu_programs(cfg, target):
     yield "microturn", compile_check.compile_tpu(*_flat(turn, (params, cache, block)), target).as_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["v5e", "v5p", "cuda"])
 def test_the_bitwise_model_compiles_with_every_kernel(target):
     from interaction_jax.model import kernels

@@ -65,6 +65,7 @@ def test_same_config_same_batches_and_restored_iterator_continues_exactly(clips)
     assert not np.array_equal(first[0]["audio"], rest[0]["audio"])  # the data does move on
 
 
+@pytest.mark.slow
 def test_worker_processes_are_deterministic_and_checkpointable(clips):
     ds = pipeline.batches(CFG, clips=clips, num_workers=2)
     it = iter(ds)

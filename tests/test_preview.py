@@ -50,6 +50,7 @@ def test_markers_come_from_the_annotations():
     assert sorted(markers) == [(2.0, "barge-in"), (3.5, "audio cue"), (6.0, "target 4 s")]
 
 
+@pytest.mark.slow
 def test_cli_preview_builds_the_bank_and_writes_files(tmp_path):
     env = dict(os.environ, INTERACTION_JAX_CACHE=str(tmp_path / "cache"))
     cmd = [sys.executable, "-m", "interaction_jax.cli", "data", "preview", "--scenario", "rep_count", "--seed", "2"]

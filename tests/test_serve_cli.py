@@ -32,6 +32,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "interaction_jax.cli", *args, "--progress=false"]
 
 
+@pytest.mark.slow
 def test_serve_and_talk_from_a_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     cfg = config_lib.override(config_lib.preset("tiny"), [*SMALL, "train.steps=1", "train.eval_every=0"])

@@ -20,6 +20,9 @@ from interaction_jax.train import checkpoint, loop
 from interaction_jax.train.metrics import read_jsonl
 from tests.test_train import SMALL
 
+# A training run (module fixture) shared by the tests here: one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("silence")]
+
 STEPS = 80
 CHUNKS = 40
 SILENT_RATE = 0.9  # the fraction of silent chunks the calibrated model keeps (the data: 1.0)
