@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+
+import numpy as np
+import pytest
 
 from interaction_jax import config as config_lib
 from interaction_jax import demo
@@ -16,6 +20,12 @@ from interaction_jax.train import checkpoint
 from interaction_jax.train.metrics import read_jsonl
 
 
+def _scored(value) -> bool:
+    """A metric value that counts in a mean (None: not applicable; NaN: undefined for this episode)."""
+    return value is not None and not math.isnan(value)
+
+
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_writes_every_artefact(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "interaction_jax.cli", "demo", "--max-minutes", "1", "--episodes", "1"]
@@ -47,7 +57,19 @@ def test_demo_runs_end_to_end_and_writes_every_artefact(tmp_path):
         assert rate == cfg.stream.sample_rate and model.shape == (samples,) and dialogue.shape == (samples, 2)
         assert (folder / "timeline.png").read_bytes()[:4] == b"\x89PNG"
         episode = json.loads((folder / "episode.json").read_text())
-        assert episode["metrics"] == next(e for e in summary["episodes"] if e["scenario"] == name)["metrics"]
+        # the scenario's summary row is the mean over the rollout seeds this episode's file records
+        row = next(r for r in summary["rows"] if r["scenario"] == name)
+        seeds = episode["seed_metrics"]
+        assert len(seeds) == summary["rollout_seeds"] and episode["metrics"] == seeds[0]
+        assert row["metrics"] and row["metrics"].keys() == set().union(*seeds)
+        for key, stat in row["metrics"].items():
+            kept = [m[key] for m in seeds if _scored(m.get(key))]
+            want = (sum(kept) if key.startswith("n_") else float(np.mean(kept))) if kept else None
+            assert stat["n"] == len(kept) and stat["mean"] == pytest.approx(want), (name, key)
+        assert row["reference"].keys() == episode["reference_metrics"].keys()
+        for key, stat in row["reference"].items():  # one episode: its reference is the row's
+            value = episode["reference_metrics"][key]
+            assert stat["mean"] == (pytest.approx(value) if _scored(value) else None), (name, key)
         assert name in result.stdout  # the summary table is printed
     assert f"trained {steps[-1]} steps" in result.stdout
     # bounded by steps: a one-minute cap stops it short of them, and it says so
