@@ -7,9 +7,11 @@ between runs: a program compiled once is read back (a fresh clone starts with it
 keyed by the program, the compile options and the JAX version, so a stale one is never used; it is
 not size-capped (that needs `filelock`): delete the folder to reclaim the space.
 
-Modules whose module fixtures are costly (a training run, a warmed-up engine) carry
-`pytest.mark.xdist_group`, which `--dist loadgroup` (pyproject's addopts) keeps on one worker, so the
-fixture is built once rather than once per worker.
+Under xdist's default `--dist load`, the modules in SHARED_FIXTURE_MODULES (costly module fixtures: a
+training run, a trained workdir, a warmed-up engine) each go to one worker as a unit, so the fixture is
+built once rather than once per worker; every other test is load-balanced alone. (Not `--dist
+loadgroup` with `xdist_group` marks: with pytest 9.2 and xdist 3.8 it silently stops grouping,
+pytest-dev/pytest-xdist#1386.)
 """
 
 import os
@@ -21,6 +23,27 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().
 
 import jax
 import pytest
+
+SHARED_FIXTURE_MODULES = {
+    f"tests/test_{name}.py"
+    for name in ("train_runs", "silence", "eval_cli", "serve", "serve_limits", "eval", "train", "layers", "model")
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":
+        return None  # an explicit --dist mode is left to xdist
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureModules(LoadScopeScheduling):
+        """Load balancing by test, but a module of SHARED_FIXTURE_MODULES is one unit (sent first:
+        units go out largest first)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED_FIXTURE_MODULES else nodeid
+
+    return SharedFixtureModules(config, log)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,9 +17,6 @@ from interaction_jax.eval import behaviour, evaluate, report, rollout
 from interaction_jax.eval.rollout import cache_capacity, vocode
 from interaction_jax.model import cache, step
 
-# Module fixtures (compiled or trained) built once: every test here on one worker
-pytestmark = pytest.mark.xdist_group("eval")
-
 CFG = config_lib.validate(
     config_lib.override(
         config_lib.preset("tiny"),

@@ -12,8 +12,7 @@ from interaction_jax import config as config_lib
 from interaction_jax.train import loop
 from tests.test_train import SMALL
 
-# A trained workdir (module fixture) shared by the tests here: one worker
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("eval_cli")]
+pytestmark = pytest.mark.slow  # a trained workdir (module fixture), CLI subprocesses
 
 
 def _eval(workdir, out, *sets: str) -> subprocess.CompletedProcess:

@@ -23,9 +23,6 @@ from interaction_jax.model import step as step_lib
 from interaction_jax.stream import Kind
 from interaction_jax.testing import random_batch
 
-# Module fixtures (compiled or trained) built once: every test here on one worker
-pytestmark = pytest.mark.xdist_group("layers")
-
 TINY = config_lib.preset("tiny")
 # A smaller-than-tiny model for the end-to-end loss checks (compiles fast on CPU; no video, whose
 # embedding path the Embedder tests cover).

@@ -18,9 +18,6 @@ from interaction_jax.model import step as step_lib
 from interaction_jax.testing import microturn_block, random_batch, random_chunks
 from tests.fixtures import token_slice
 
-# Module fixtures (compiled or trained) built once: every test here on one worker
-pytestmark = pytest.mark.xdist_group("model")
-
 # Smaller than `tiny` (which costs minutes here): what these tests check does not depend on width or
 # depth, only on the model having every part — two layers (a cache across layers), GQA heads that split
 # over the tensor axis, four experts (top-2) over the expert axis, video, the flow head.

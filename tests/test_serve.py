@@ -33,9 +33,6 @@ from interaction_jax.stream import chunk_samples
 from interaction_jax.testing import random_chunks
 from tests.test_train import SMALL
 
-# Module fixtures (compiled or trained) built once: every test here on one worker
-pytestmark = pytest.mark.xdist_group("serve")
-
 CFG = config_lib.validate(
     config_lib.override(
         config_lib.preset("tiny"),

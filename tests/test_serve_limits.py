@@ -30,9 +30,6 @@ from interaction_jax.serve.session import ClientChunk
 from tests import test_serve
 from tests.test_serve import CFG, N, _binary, _hello, client_chunks, serving
 
-# Module fixtures (compiled or trained) built once: every test here on one worker
-pytestmark = pytest.mark.xdist_group("serve_limits")
-
 # test_serve's module fixtures, shared by name: the same random weights and warm engine.
 params, engine = test_serve.params, test_serve.engine
 

@@ -20,8 +20,7 @@ from interaction_jax.train import checkpoint, loop
 from interaction_jax.train.metrics import read_jsonl
 from tests.test_train import SMALL
 
-# A training run (module fixture) shared by the tests here: one worker
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("silence")]
+pytestmark = pytest.mark.slow  # a training run (module fixture)
 
 STEPS = 80
 CHUNKS = 40

@@ -23,9 +23,6 @@ from interaction_jax.train import checkpoint, metrics, optimizer
 from interaction_jax.train import state as state_lib
 from interaction_jax.train import step as step_lib
 
-# Module fixtures (compiled or trained) built once: every test here on one worker
-pytestmark = pytest.mark.xdist_group("train")
-
 # A small model that still has every part (MoE over 4 experts, video, flow head): compiles fast.
 SMALL = (
     "model.n_layers=1",

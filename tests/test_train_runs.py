@@ -21,8 +21,7 @@ from interaction_jax.train import checkpoint
 from interaction_jax.train.metrics import read_jsonl
 from tests.test_train import SMALL
 
-# Training subprocesses; the baseline run is shared by every test here: one worker
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_runs")]
+pytestmark = pytest.mark.slow  # training subprocesses
 
 STEPS = 8
 RUN = (
