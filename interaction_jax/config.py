@@ -99,6 +99,9 @@ class ModelConfig:
     # gemv / gmm / auto: the pallas_kernels MoE kernels (auto: gemv up to kernels.moe_gemv_max_tokens)
     moe_dispatch: Literal["dense", "ragged", "gather", "gemv", "gmm", "auto"] = "ragged"
     normalize_topk: bool = True  # renormalise the k routing weights to sum to one
+    # how the dMel table starts: "ordinal" (a channel's levels ordered along one direction; learns the
+    # input's cues several times faster, docs/results.md) or "normal" (independent random vectors)
+    dmel_init: Literal["ordinal", "normal"] = "ordinal"
     flow_hidden: int = 256
     flow_blocks: int = 2
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay float32
@@ -164,6 +167,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     pad_weight: float = 0.1  # weight of PAD targets in the text cross-entropy
+    # extra weight of the speak-or-stay-silent decision (PAD, SPEAK or DELEGATE targets while the model is
+    # silent; stream.text_targets), PAD and the start tokens alike, so the calibration holds
+    decision_weight: float = 1.0
     flow_weight: float = 1.0
     load_balance_weight: float = 0.01
     router_z_weight: float = 0.001

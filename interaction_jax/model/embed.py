@@ -23,23 +23,52 @@ def scatter_into(x: jax.Array, values: jax.Array, index: jax.Array) -> jax.Array
     return x.at[rows, index].add(values.astype(x.dtype), mode="drop")
 
 
+def ordinal_init(n_terms: int, levels: int):
+    """Initialise a dMel table [stack, mels, levels, D] so that a channel's levels start out ordered.
+
+    Each (frame, channel) gets one random direction u; level l starts at (l − mid) / mid · u plus a
+    smaller independent part. A token's embedding (the sum over its n_terms channels) then begins as
+    a linear read-out of its loudness per channel, so a louder band moves it along that band's
+    direction and the whole noise floor rising moves it along one common combination, where
+    independent random vectors per level would make two neighbouring levels as unlike as silence
+    and a shout. The model can still learn any per-level embedding; only the start differs.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        k_dir, k_rest = jax.random.split(key)
+        *lead, n_levels, d = shape
+        mid = (levels - 1) / 2
+        ramp = (jnp.arange(n_levels, dtype=jnp.float32) - mid) / mid  # −1 … 1
+        direction = jax.random.normal(k_dir, (*lead, 1, d), jnp.float32)
+        rest = jax.random.normal(k_rest, shape, jnp.float32)
+        scale = n_terms**-0.5
+        return (scale * (ramp[:, None] * direction * 3**0.5 * 0.9 + 0.45 * rest)).astype(dtype)
+
+    return init
+
+
 class DMelBag(nn.Module):
     """dMel "bag of embeddings": one vector per (frame-in-stack, channel, level), summed per token."""
 
     d_model: int
     stream: StreamConfig
     dtype: str = "float32"
+    table_init: str = "ordinal"  # ModelConfig.dmel_init
 
     @nn.compact
     def __call__(self, levels: jax.Array) -> jax.Array:
         s = self.stream
         n_terms = s.stack * s.n_mels
+        if self.table_init not in ("ordinal", "normal"):
+            raise ValueError(f"unknown dMel init {self.table_init!r}; use 'ordinal' or 'normal'")
         table = param(
             self,
             "table",
             (s.stack, s.n_mels, s.dmel_levels, self.d_model),
             (None, None, None, "embed"),
-            nn.initializers.normal(stddev=n_terms**-0.5),
+            ordinal_init(n_terms, s.dmel_levels)
+            if self.table_init == "ordinal"
+            else nn.initializers.normal(stddev=n_terms**-0.5),
         )
         # A one-hot contraction instead of a gather-then-sum: it never materialises the
         # [tokens, stack, mels, D] intermediate and is a plain (deterministic) matmul.
@@ -98,7 +127,9 @@ class Embedder(nn.Module):
         is_text = (kind == stream.Kind.TEXT_IN) | (kind == stream.Kind.TEXT_OUT)
         x = jnp.where(is_text[..., None], text_table.astype(dtype)[batch["text"]], 0)
         x = x + kind_table.astype(dtype)[kind]
-        x = scatter_into(x, DMelBag(m.d_model, s, m.dtype, name="dmel")(batch["audio"]), batch["audio_index"])
+        x = scatter_into(
+            x, DMelBag(m.d_model, s, m.dtype, m.dmel_init, name="dmel")(batch["audio"]), batch["audio_index"]
+        )
         if s.video:
             rows = param(self, "patch_row", (s.patch_rows, m.d_model), (None, "embed"), normal)
             cols = param(self, "patch_col", (s.patch_cols, m.d_model), (None, "embed"), normal)
