@@ -399,20 +399,42 @@ def stack_windows(windows: Sequence[dict]) -> dict[str, np.ndarray]:
 # Targets (jnp, jit-friendly)
 
 
-def text_targets(kind, text, pad_weight):
+def text_targets(kind, text, pad_weight, decision_weight=1.0):
     """Text targets for the hidden state at each token: the next token's text, weighted where it is TEXT_OUT.
 
     kind, text int32 [..., T] → targets int32 [..., T] = text[..., t+1] (PAD in the last column) and
-    weights float32 [..., T] = (kind[t+1] == TEXT_OUT) × (pad_weight if text[t+1] == PAD else 1),
-    with the last column 0.
+    weights float32 [..., T] = (kind[t+1] == TEXT_OUT) × (pad_weight if text[t+1] == PAD else 1)
+    × (decision_weight if slot t+1 is a decision slot else 1), with the last column 0.
+
+    A decision slot is a TEXT_OUT slot where the model is silent and decides whether to start: its
+    target is PAD, SPEAK or DELEGATE, and the last TEXT_OUT token other than PAD before it is EOT or
+    END_DELEGATE (or there is none in the window). Weighing PAD and the start tokens there alike leaves
+    their ratio at pad_weight, so the PAD calibration (`model/step.py: pad_logit_bias`) still holds; it
+    only gives the rare decision a larger share of the gradient than the words that follow it.
     """
     kind = jnp.asarray(kind)
     text = jnp.asarray(text)
     next_text = jnp.concatenate([text[..., 1:], jnp.full_like(text[..., :1], tokenizer.PAD)], axis=-1)
     next_kind = jnp.concatenate([kind[..., 1:], jnp.full_like(kind[..., :1], Kind.PAD)], axis=-1)
     per_token = jnp.where(next_text == tokenizer.PAD, jnp.asarray(pad_weight, jnp.float32), jnp.float32(1.0))
+    per_token = per_token * jnp.where(
+        _decision_slots(next_kind, next_text), jnp.asarray(decision_weight, jnp.float32), jnp.float32(1.0)
+    )
     weights = jnp.where(next_kind == Kind.TEXT_OUT, per_token, jnp.float32(0.0))
     return next_text.astype(jnp.int32), weights.astype(jnp.float32)
+
+
+def _decision_slots(kind, text):
+    """bool [..., T]: TEXT_OUT slots where the model is silent and its target is PAD, SPEAK or DELEGATE
+    (see `text_targets`)."""
+    said = (kind == Kind.TEXT_OUT) & (text != tokenizer.PAD)
+    positions = jnp.arange(text.shape[-1], dtype=jnp.int32)
+    last = jax.lax.cummax(jnp.where(said, positions, -1), axis=text.ndim - 1)
+    before = jnp.concatenate([jnp.full_like(last[..., :1], -1), last[..., :-1]], axis=-1)  # strictly before t
+    last_token = jnp.take_along_axis(text, jnp.maximum(before, 0), axis=-1)
+    silent = (before < 0) | (last_token == tokenizer.EOT) | (last_token == tokenizer.END_DELEGATE)
+    starts = (text == tokenizer.PAD) | (text == tokenizer.SPEAK) | (text == tokenizer.DELEGATE)
+    return (kind == Kind.TEXT_OUT) & silent & starts
 
 
 def audio_out_entries(kind, audio_index):

@@ -63,6 +63,30 @@ def test_calibration_recovers_the_true_pad_rate(pad_weight):
     assert float(raw[PAD]) == pytest.approx(skewed, abs=0.01) and abs(float(raw[PAD]) - true_pad) > 0.1
 
 
+def test_calibration_holds_under_the_decision_weight():
+    """`train.decision_weight` scales PAD and the start tokens alike in the slots where the model is
+    silent, so the same log(1/w) correction recovers the true rates there. Each drawn slot follows an
+    EOT (the model has just finished), so every one is a decision slot."""
+    rng = np.random.default_rng(1)
+    n, pad_weight, decision_weight = 20_000, 0.1, 10.0
+    kind = np.tile([stream.Kind.TEXT_IN, stream.Kind.TEXT_OUT, stream.Kind.TEXT_OUT], n)
+    text = np.full(3 * n, PAD, np.int32)
+    text[1::3] = tokenizer.EOT
+    draw = rng.choice(3, size=n, p=[0.90, 0.06, 0.04])
+    text[2::3] = np.select([draw == 0, draw == 1], [PAD, SPEAK], tokenizer.DELEGATE)
+    targets, weights = stream.text_targets(kind, text, pad_weight, decision_weight)
+    targets, weights = np.asarray(targets), np.asarray(weights)
+    drawn = np.zeros(3 * n, bool)
+    drawn[1::3] = True  # the hidden state before each drawn slot predicts it
+    # the decision weight took effect on every drawn slot (a control: without it this would be 0.1 / 1)
+    np.testing.assert_allclose(weights[drawn], np.where(draw == 0, pad_weight, 1.0) * decision_weight)
+    logits = _fit_free_logits(targets, np.where(drawn, weights, 0.0))
+    fixed = jax.nn.softmax(step_lib.calibrated_logits(logits, step_lib.pad_logit_bias(pad_weight)))
+    assert float(fixed[PAD]) == pytest.approx(float(np.mean(draw == 0)), abs=0.005)
+    assert float(fixed[SPEAK]) == pytest.approx(float(np.mean(draw == 1)), abs=0.005)
+    assert float(fixed[tokenizer.DELEGATE]) == pytest.approx(float(np.mean(draw == 2)), abs=0.005)
+
+
 def test_pad_logit_bias():
     assert step_lib.pad_logit_bias(0.1) == pytest.approx(np.log(10.0))
     assert step_lib.pad_logit_bias(1.0) == 0.0

@@ -364,6 +364,29 @@ def test_text_targets_by_hand():
     assert targets.dtype == jnp.int32 and weights.dtype == jnp.float32
 
 
+def test_decision_slots_weigh_the_silent_choice_by_hand():
+    """Only the TEXT_OUT slots where the model is silent (nothing said yet, or after EOT / END_DELEGATE)
+    and whose target is PAD, SPEAK or DELEGATE take `decision_weight`; PAD inside an utterance and the
+    bytes of a word do not."""
+    TI, TO = Kind.TEXT_IN, Kind.TEXT_OUT
+    from interaction_jax.tokenizer import DELEGATE, END_DELEGATE, EOT, SPEAK
+
+    # a slot per column: PAD, SPEAK 'h' 'i' PAD EOT PAD DELEGATE 'x' END_DELEGATE PAD, then a TEXT_IN 'q'
+    said = [PAD, SPEAK, 104, 105, PAD, EOT, PAD, DELEGATE, 120, END_DELEGATE, PAD]
+    kind = jnp.array([TI] + [TO] * len(said) + [TI], jnp.int32)
+    text = jnp.array([PAD, *said, 113], jnp.int32)
+    _, weights = stream.text_targets(kind, text, 0.5, 4.0)
+    decision = [True, True, False, False, False, False, True, True, False, False, True]
+    expected = [
+        (0.5 if token == PAD else 1.0) * (4.0 if is_decision else 1.0)
+        for token, is_decision in zip(said, decision, strict=True)
+    ]
+    np.testing.assert_allclose(np.asarray(weights), [*expected, 0.0, 0.0])
+    # control: with decision_weight 1 the weights are the plain PAD weighting
+    _, plain = stream.text_targets(kind, text, 0.5)
+    np.testing.assert_allclose(np.asarray(plain), [*(0.5 if t == PAD else 1.0 for t in said), 0.0, 0.0])
+
+
 def test_text_targets_last_column_is_unweighted_on_a_real_window():
     cfg = StreamConfig()
     _, w = make_window(cfg, 0, 5)

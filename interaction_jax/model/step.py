@@ -120,7 +120,7 @@ def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[
     hidden, _, aux = step(params, init_cache(cfg.model, b, length), batch, cfg=cfg)
 
     logits = text_logits(params, hidden, cfg=cfg)
-    targets, weights = stream.text_targets(batch["kind"], batch["text"], t.pad_weight)
+    targets, weights = stream.text_targets(batch["kind"], batch["text"], t.pad_weight, t.decision_weight)
     mask = batch.get("loss_mask")
     if mask is not None:  # weights[t] scores token t+1
         weights = weights * jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
