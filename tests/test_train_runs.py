@@ -1,7 +1,7 @@
 """The trainer as a user runs it: `interaction-jax train` processes killed, stopped, resumed, multi-host.
 
-Each run is a real subprocess of the CLI on a small model (see test_train.SMALL). They share a JAX
-compilation cache, so only the first run of each program compiles.
+Each run is a real subprocess of the CLI on a small model (see test_train.SMALL). They share the
+suite's JAX compilation cache, so only the first run of each program compiles.
 """
 
 from __future__ import annotations
@@ -37,14 +37,9 @@ RUN = (
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
-    return dict(
-        os.environ,
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-    )
+def env():
+    # the suite's compilation cache (tests/conftest.py), inherited through os.environ
+    return dict(os.environ, JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
 
 def train_command(workdir: Path, *extra: str) -> list[str]:
