@@ -417,9 +417,10 @@ def text_targets(kind, text, pad_weight, decision_weight=1.0):
     next_text = jnp.concatenate([text[..., 1:], jnp.full_like(text[..., :1], tokenizer.PAD)], axis=-1)
     next_kind = jnp.concatenate([kind[..., 1:], jnp.full_like(kind[..., :1], Kind.PAD)], axis=-1)
     per_token = jnp.where(next_text == tokenizer.PAD, jnp.asarray(pad_weight, jnp.float32), jnp.float32(1.0))
-    per_token = per_token * jnp.where(
-        _decision_slots(next_kind, next_text), jnp.asarray(decision_weight, jnp.float32), jnp.float32(1.0)
-    )
+    if not (isinstance(decision_weight, (int, float)) and decision_weight == 1.0):  # off: no scan in the step
+        per_token = per_token * jnp.where(
+            _decision_slots(next_kind, next_text), jnp.asarray(decision_weight, jnp.float32), jnp.float32(1.0)
+        )
     weights = jnp.where(next_kind == Kind.TEXT_OUT, per_token, jnp.float32(0.0))
     return next_text.astype(jnp.int32), weights.astype(jnp.float32)
 

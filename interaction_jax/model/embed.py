@@ -23,7 +23,7 @@ def scatter_into(x: jax.Array, values: jax.Array, index: jax.Array) -> jax.Array
     return x.at[rows, index].add(values.astype(x.dtype), mode="drop")
 
 
-def ordinal_init(n_terms: int, levels: int):
+def ordinal_init(n_terms: int):
     """Initialise a dMel table [stack, mels, levels, D] so that a channel's levels start out ordered.
 
     Each (frame, channel) gets one random direction u; level l starts at (l − mid) / mid · u plus a
@@ -36,13 +36,14 @@ def ordinal_init(n_terms: int, levels: int):
 
     def init(key, shape, dtype=jnp.float32):
         k_dir, k_rest = jax.random.split(key)
-        *lead, n_levels, d = shape
+        *lead, levels, d = shape
         mid = (levels - 1) / 2
-        ramp = (jnp.arange(n_levels, dtype=jnp.float32) - mid) / mid  # −1 … 1
+        ramp = (jnp.arange(levels, dtype=jnp.float32) - mid) / mid
         direction = jax.random.normal(k_dir, (*lead, 1, d), jnp.float32)
         rest = jax.random.normal(k_rest, shape, jnp.float32)
-        scale = n_terms**-0.5
-        return (scale * (ramp[:, None] * direction * 3**0.5 * 0.9 + 0.45 * rest)).astype(dtype)
+        # The ramp over −1 … 1 has mean square ~1/3, so √3 gives the ordered part unit scale; 0.9 and
+        # 0.45 split it with the independent part (0.9² + 0.45² ≈ 1): the plain init's 1/√n_terms per term.
+        return (n_terms**-0.5 * (ramp[:, None] * direction * 3**0.5 * 0.9 + 0.45 * rest)).astype(dtype)
 
     return init
 
@@ -59,16 +60,15 @@ class DMelBag(nn.Module):
     def __call__(self, levels: jax.Array) -> jax.Array:
         s = self.stream
         n_terms = s.stack * s.n_mels
-        if self.table_init not in ("ordinal", "normal"):
-            raise ValueError(f"unknown dMel init {self.table_init!r}; use 'ordinal' or 'normal'")
+        inits = {"ordinal": ordinal_init(n_terms), "normal": nn.initializers.normal(stddev=n_terms**-0.5)}
+        if self.table_init not in inits:
+            raise ValueError(f"unknown dMel init {self.table_init!r}; use one of {sorted(inits)}")
         table = param(
             self,
             "table",
             (s.stack, s.n_mels, s.dmel_levels, self.d_model),
             (None, None, None, "embed"),
-            ordinal_init(n_terms, s.dmel_levels)
-            if self.table_init == "ordinal"
-            else nn.initializers.normal(stddev=n_terms**-0.5),
+            inits[self.table_init],
         )
         # A one-hot contraction instead of a gather-then-sum: it never materialises the
         # [tokens, stack, mels, D] intermediate and is a plain (deterministic) matmul.
