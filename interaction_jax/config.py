@@ -127,6 +127,9 @@ class MeshConfig:
     device_kind: Literal["cpu", "gpu", "tpu"] = "cpu"
     axes: AxisSizes = AxisSizes(data=-1)
     dcn: AxisSizes = AxisSizes()  # multi-slice: how many slices along each axis
+    # TPU: one slice's chips as `jax.experimental.topologies` names them ("v5e:4x4", "v5p:4x4x4"), for the
+    # deviceless compile of `plan --compile` (the dcn sizes multiply to the number of slices); "": none
+    topology: str = ""
     # (logical name, mesh axes) pairs; an empty tuple means replicated.
     rules: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("act_batch", ("data", "fsdp", "expert")),
