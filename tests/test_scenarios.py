@@ -314,6 +314,23 @@ def test_long_episodes_repeat_exchanges():
     assert all(n >= 2 for n in most.values()), most
 
 
+@pytest.mark.parametrize("name", ["interruption", "cue_speak", "time_speak", "rep_count", "delegate"])
+def test_spoken_requests_pause_and_the_model_waits_through_the_pauses(name):
+    """Not only turn_taking's statements pause: every answered utterance may, so that a short stretch of
+    speech followed by silence does not mean "answer now" in the other scenarios."""
+    paused = 0
+    for ep in episodes(name):
+        a = ep.annotations
+        for u in a["user_utterances"]:
+            for s, e in u["pauses"]:
+                assert common.SPOKEN_PAUSE_S[0] - 1e-3 <= e - s <= common.SPOKEN_PAUSE_S[1] + 1e-3
+                assert u["start"] < s < e < u["end"] and not u["typed"]
+                # the model never starts speaking in a pause (it may still be finishing a reply there)
+                assert not any(s < start < e for start, _ in a["model_speech"]), (ep.seed, u["text"], (s, e))
+            paused += bool(u["pauses"])
+    assert paused, f"no {name} utterance pauses"
+
+
 # ----------------------------------------------------------------------------------------------
 # Scenario by scenario
 
@@ -387,7 +404,12 @@ def test_time_speak():
             assert u["end"] == pytest.approx(r["request_end"])
         for u in a["user_utterances"]:
             if u["typed"]:  # the request ends with the chunk its last typed token is rendered in
-                (event,) = [e for e in ep.user_text if tokenizer.decode(e.tokens) == u["text"]]
+                # the same line can be typed twice in an episode: the event is the one typed at u's start
+                (event,) = [
+                    e
+                    for e in ep.user_text
+                    if tokenizer.decode(e.tokens) == u["text"] and e.time_s == pytest.approx(u["start"])
+                ]
                 placed, _ = place_text([event], ep.num_chunks, CFG.text_in_slots, CFG)
                 landed = max(k for k in range(ep.num_chunks) if (placed[k] != tokenizer.PAD).any())
                 assert u["end"] == pytest.approx((landed + 1) * C)

@@ -46,6 +46,12 @@ NOISE_LEVELS = (1e-4, 3e-3)  # background noise amplitude range of the user's mi
 FADE_S = 0.010  # fade where speech is cut (a barged-in model; user speech around inserted pauses)
 BEEP_S, BEEP_HZ, BEEP_RAMP_S, BEEP_AMPLITUDE = 0.150, 1000.0, 0.005, 0.3
 TRIES = 6  # random draws before concluding that an exchange does not fit in what is left of an episode
+# Pauses inside every spoken request, question and statement that is answered (turn_taking draws its own,
+# more and longer). Without them only turn_taking's statements ever pause, so "the user went quiet after
+# a short stretch of speech" would mean "answer now" in every other scenario: the opposite of
+# turn_taking's lesson, for the same kind of input. With them, only a finished sentence is answered.
+SPOKEN_MAX_PAUSES = 1
+SPOKEN_PAUSE_S = (0.4, 1.5)
 
 
 class EpisodeTooShort(ValueError):
@@ -352,7 +358,7 @@ class EpisodeBuilder:
     def plan_request(self, text: str, start: int, typed: bool) -> Request:
         if typed:
             return Request(text, start, self.typed_end(text, start), None)
-        layout = lay_out(self.user_clip(text), self.rng)
+        layout = lay_out(self.user_clip(text), self.rng, SPOKEN_MAX_PAUSES, SPOKEN_PAUSE_S)
         return Request(text, start, start + layout.num_samples, layout)
 
     def place_request(self, request: Request) -> None:

@@ -19,6 +19,8 @@ from interaction_jax.data import corpus
 from interaction_jax.data.episode import Episode, ScenarioContext
 from interaction_jax.data.render import event_chunk
 from interaction_jax.data.scenarios.common import (
+    SPOKEN_MAX_PAUSES,
+    SPOKEN_PAUSE_S,
     EpisodeBuilder,
     Layout,
     first_that_fits,
@@ -72,7 +74,7 @@ def _question(b: EpisodeBuilder) -> tuple[str, str, str]:
 
 def _draw(b: EpisodeBuilder, start: int) -> Plan | None:
     question_text, request, answer = _question(b)
-    question = lay_out(b.user_clip(question_text), b.rng)
+    question = lay_out(b.user_clip(question_text), b.rng, SPOKEN_MAX_PAUSES, SPOKEN_PAUSE_S)
     request_chunk = b.reply_chunk(start + question.num_samples)
     request_tokens = 2 + len(tokenizer.encode(request, specials=False))
     request_done = b.chunk_start(

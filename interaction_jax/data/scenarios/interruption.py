@@ -13,7 +13,16 @@ import dataclasses
 from interaction_jax.audio.clip import Clip
 from interaction_jax.data import corpus
 from interaction_jax.data.episode import Episode, ScenarioContext
-from interaction_jax.data.scenarios.common import EpisodeBuilder, Layout, first_that_fits, lay_out, pick, too_short
+from interaction_jax.data.scenarios.common import (
+    SPOKEN_MAX_PAUSES,
+    SPOKEN_PAUSE_S,
+    EpisodeBuilder,
+    Layout,
+    first_that_fits,
+    lay_out,
+    pick,
+    too_short,
+)
 
 NAME = "interruption"
 FIRST_START_S = (0.2, 1.0)
@@ -34,7 +43,9 @@ class Plan:
 
 
 def _draw(b: EpisodeBuilder, start: int) -> Plan | None:
-    statement = lay_out(b.user_clip(pick(b.rng, corpus.user_lines("statement", b.ctx.split))), b.rng)
+    statement = lay_out(
+        b.user_clip(pick(b.rng, corpus.user_lines("statement", b.ctx.split))), b.rng, SPOKEN_MAX_PAUSES, SPOKEN_PAUSE_S
+    )
     reply_chunk = b.reply_chunk(start + statement.num_samples)
     reply = b.model_clip(pick(b.rng, corpus.LONG_REPLIES))
     barge_in = lay_out(b.user_clip(pick(b.rng, corpus.user_lines("interruption", b.ctx.split))), b.rng)
