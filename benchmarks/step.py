@@ -67,14 +67,11 @@ def bench_microturn(cfg: config_lib.Config, sessions: int, context: int, ticks: 
     params = step_lib.init_params(cfg, jax.random.key(0))
     cache = kv_cache.init_cache(cfg.model, sessions, context + 256)
     rng = np.random.default_rng(0)
-    layers = [
-        {n: jnp.asarray(rng.normal(size=a.shape).astype(a.dtype)) for n, a in layer.items()}
-        for layer in cache["layers"]
-    ]
+    layers = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape).astype(a.dtype)), cache["layers"])
     length = jnp.full((sessions,), context, jnp.int32)
     # The chunk counter only decides where frames fall; context // tokens-per-chunk keeps it plausible.
     chunk = jnp.full((sessions,), context // stream.chunk_length(s, 1), jnp.int32)
-    cache = {"layers": tuple(layers), "length": length, "chunk": chunk}
+    cache = {"layers": layers, "length": length, "chunk": chunk}
     block = {
         "audio": jnp.asarray(rng.integers(0, 16, (sessions, s.audio_slots, s.stack, s.n_mels), dtype=np.uint8)),
         "text": jnp.full((sessions, s.text_in_slots), 256, jnp.int32),

@@ -105,7 +105,15 @@ class ModelConfig:
     flow_hidden: int = 256
     flow_blocks: int = 2
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay float32
-    remat: Literal["none", "block"] = "none"
+    # Rematerialisation of each block in the backward pass, named after MaxText's `remat_policy`:
+    # none (keep every activation), block / full (recompute the whole block: save only its inputs),
+    # minimal (save the matmul outputs without batch dimensions: the projections, not attention's
+    # scores), save_qkv_proj / save_out_proj / save_dot_except_mlp (save the named projections only).
+    remat: Literal["none", "block", "full", "minimal", "save_qkv_proj", "save_out_proj", "save_dot_except_mlp"] = "none"
+    # Run the blocks under one `nn.scan` over parameters stacked by layer (one compiled block body, not
+    # n_layers copies) with the KV cache stacked by layer too; `transformer.stack_layers` converts an
+    # unrolled checkpoint's parameters. With dense_every = n the scan runs over groups of n layers.
+    scan_layers: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +149,7 @@ class MeshConfig:
         ("act_vocab", ("tensor",)),
         ("cache_batch", ("data", "fsdp", "expert")),
         ("cache_len", ()),
+        ("layers", ()),  # the leading layer axis of scanned parameters and of their stacked KV cache
         ("vocab", ("tensor",)),
         ("embed", ("fsdp",)),
         ("heads", ("tensor",)),
@@ -308,6 +317,7 @@ def _preset_small() -> Config:  # one GPU, ~1B parameters in total
             flow_hidden=1024,
             flow_blocks=3,
             dtype="bfloat16",
+            scan_layers=True,
         ),
         stream=StreamConfig(frame_height=160, frame_width=160),
         mesh=MeshConfig(name="gpu-1", device_kind="gpu"),
@@ -332,6 +342,7 @@ def _preset_base() -> Config:  # 8 GPUs or a small TPU slice
             flow_blocks=4,
             dtype="bfloat16",
             remat="block",
+            scan_layers=True,
         ),
         stream=StreamConfig(frame_height=240, frame_width=320),
         mesh=MeshConfig(name="gpu-8", device_kind="gpu"),
@@ -356,6 +367,7 @@ def _preset_tml_small_shape() -> Config:  # 276B total / ~12B active: for planni
             flow_blocks=4,
             dtype="bfloat16",
             remat="block",
+            scan_layers=True,
         ),
         stream=StreamConfig(frame_height=360, frame_width=640),
         mesh=MeshConfig(name="tpu-v5p-128", device_kind="tpu"),

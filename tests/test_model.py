@@ -254,7 +254,8 @@ def test_larger_presets_trace_training_and_serving(name):
     )
     assert outputs["text"].shape == (2, s.text_out_slots)
     assert outputs["mel"].shape == (2, s.audio_slots, s.stack, s.n_mels)
-    assert new_cache["layers"][0]["k"].dtype == jnp.bfloat16
+    assert cfg.model.scan_layers and new_cache["layers"]["k"].shape[0] == cfg.model.n_layers  # stacked by layer
+    assert new_cache["layers"]["k"].dtype == jnp.bfloat16
 
 
 def test_sharded_microturn_matches_single_device(tiny_params):

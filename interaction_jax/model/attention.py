@@ -10,6 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from interaction_jax.config import KernelsConfig, ModelConfig
 from interaction_jax.model import cache as kv_cache
@@ -48,7 +49,10 @@ class Attention(nn.Module):
         def project(w):  # [d, heads, head_dim] → [B, T, heads, head_dim]
             return kernels.matmul(x, w.reshape(w.shape[0], -1), kc).reshape(*x.shape[:2], *w.shape[1:])
 
-        q, k, v = project(wq), project(wk), project(wv)
+        # Named for the remat policies that save them (`transformer.REMAT_POLICIES`); no effect otherwise.
+        q, k, v = (
+            checkpoint_name(project(w), n) for w, n in ((wq, "query_proj"), (wk, "key_proj"), (wv, "value_proj"))
+        )
         q = nn.with_logical_constraint(rope(q, positions, c.rope_theta), ("act_batch", "act_len", "act_heads", None))
         k = rope(k, positions, c.rope_theta)
         new_cache = {"k": kv_cache.write(layer_cache["k"], k, slots), "v": kv_cache.write(layer_cache["v"], v, slots)}
@@ -56,4 +60,4 @@ class Attention(nn.Module):
         out = kernels.attend(q, new_cache["k"], new_cache["v"], slots, kc)
         out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
         y = kernels.matmul(out.reshape(*out.shape[:2], -1), wo.reshape(-1, wo.shape[-1]), kc)
-        return y, new_cache
+        return checkpoint_name(y, "out_proj"), new_cache

@@ -6,6 +6,7 @@ import jax
 import optax
 
 from interaction_jax.config import TrainConfig
+from interaction_jax.model import transformer
 
 
 def learning_rate(t: TrainConfig) -> optax.Schedule:
@@ -24,8 +25,10 @@ def decay_mask(params) -> dict:
 
     Norm scales, biases and other vectors are left alone: decaying them pulls activations towards zero
     rather than regularising a mapping. Embedding tables are matrices and do decay, as in most LLM recipes.
+    A scanned model's stacked layer axis does not count (`transformer.stacked_axes`): the mask is the
+    unrolled model's, stacked.
     """
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim - transformer.stacked_axes(path) >= 2, params)
 
 
 def make_optimizer(t: TrainConfig) -> optax.GradientTransformation:
