@@ -40,7 +40,7 @@ def bench_bank(cfg: config_lib.Config, folder: Path) -> tuple[ClipBank, dict]:
 def bench_scenarios(cfg: config_lib.Config, bank: ClipBank, per_scenario: int) -> dict:
     ctx = ScenarioContext(stream=cfg.stream, clips=bank, split="train", num_chunks=cfg.data.episode_chunks)
     out = {}
-    for name in config_lib.SCENARIOS:
+    for name in scenarios.names():
         scenarios.make_episode(name, 10_000, ctx)  # warm the clip reads this scenario uses
         make, rend = [], []
         for seed in range(per_scenario):

@@ -39,7 +39,7 @@ from interaction_jax import stream, tokenizer
 from interaction_jax.audio import features
 from interaction_jax.data import pipeline, render, scenarios
 from interaction_jax.data.episode import ScenarioContext
-from interaction_jax.eval.behaviour import end_chunk
+from interaction_jax.data.scenarios.scoring import end_chunk
 from interaction_jax.model import cache as cache_lib
 from interaction_jax.model import step as step_lib
 from interaction_jax.train import checkpoint

@@ -69,7 +69,11 @@ def resolve_config() -> config_lib.Config:
         cfg = config_lib.load_yaml(FLAGS.config, cfg)
     if FLAGS.mesh:
         cfg = dataclasses.replace(cfg, mesh=config_lib.load_mesh(FLAGS.mesh))
-    return config_lib.validate(config_lib.override(cfg, FLAGS.set))
+    from interaction_jax.data import scenarios
+
+    cfg = config_lib.validate(config_lib.override(cfg, FLAGS.set))
+    scenarios.check_mix(cfg)  # the names in data.scenarios: the config cannot know them (it knows nothing of data)
+    return cfg
 
 
 def cmd_config(argv: list[str]) -> None:
@@ -90,15 +94,15 @@ def cmd_plan(argv: list[str]) -> None:
 
 def cmd_data(argv: list[str]) -> None:
     """`data preview` writes one episode's files; `data bank` builds (or finds) the clip bank."""
-    from interaction_jax.data import pipeline, preview
+    from interaction_jax.data import pipeline, preview, scenarios
 
     actions = ("preview", "bank")
     if not argv or argv[0] not in actions:
         raise app.UsageError(f"usage: interaction-jax data {{{'|'.join(actions)}}} [flags]")
     cfg = resolve_config()
-    if FLAGS.scenario not in config_lib.SCENARIOS:
+    if FLAGS.scenario not in scenarios.names():
         raise config_lib.ConfigError(
-            "--scenario", f"unknown scenario {FLAGS.scenario!r}", f"use one of {list(config_lib.SCENARIOS)}"
+            "--scenario", f"unknown scenario {FLAGS.scenario!r}", f"use one of {list(scenarios.names())}"
         )
     bank = pipeline.clip_source(cfg)
     if argv[0] == "bank":

@@ -265,6 +265,8 @@ def plan_runs(
     Mesh-dependent checks use `num_devices`, else the count the mesh implies (for a mesh with a -1
     axis, the fewest devices it allows, which still checks divisibility by the fixed axes).
     """
+    from interaction_jax.data import scenarios  # lazily, as the trainer: the scenario code pulls in JAX
+
     cfg0 = base_config(sweep, preset=preset, mesh=mesh)
     base = [assignment(k, v) for k, v in sweep.base.items()]
     cfg0 = _apply(cfg0, base, f"{sweep.path}: BASE")
@@ -296,6 +298,7 @@ def plan_runs(
         cfg = _apply(cfg0, [*run_sets, *sets], where)
         try:
             config_lib.validate(cfg, devices)
+            scenarios.check_mix(cfg)
         except config_lib.ConfigError as e:
             raise SweepError(where, str(e)) from e
         workdir = f"{workdir_root.rstrip('/')}/{sweep.name}/{name}"

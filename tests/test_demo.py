@@ -47,10 +47,10 @@ def test_demo_runs_end_to_end_and_writes_every_artefact(tmp_path):
     # every scenario streamed through microturn, with its artefacts
     cfg = config_lib.preset("tiny")
     summary = json.loads((out / "heldout" / "summary.json").read_text())
-    assert summary["scenarios"] == list(config_lib.SCENARIOS)
-    assert [r["scenario"] for r in summary["rows"]] == list(config_lib.SCENARIOS)
+    assert summary["scenarios"] == list(config_lib.DEFAULT_SCENARIOS)
+    assert [r["scenario"] for r in summary["rows"]] == list(config_lib.DEFAULT_SCENARIOS)
     samples = cfg.data.episode_chunks * chunk_samples(cfg.stream)
-    for name in config_lib.SCENARIOS:
+    for name in config_lib.DEFAULT_SCENARIOS:
         folder = out / "heldout" / name / "0"
         model, rate = wav.read_wav(folder / "model.wav")
         dialogue, _ = wav.read_wav(folder / "dialogue.wav")

@@ -11,8 +11,18 @@ import pytest
 from interaction_jax import config as config_lib
 from interaction_jax import stream, tokenizer
 from interaction_jax.audio import wav
-from interaction_jax.data import render
+from interaction_jax.data import render, scenarios
 from interaction_jax.data.bank import LiveClips
+from interaction_jax.data.scenarios import (
+    backchannel,
+    cue_speak,
+    delegate,
+    interruption,
+    rep_count,
+    scoring,
+    time_speak,
+    turn_taking,
+)
 from interaction_jax.eval import behaviour, evaluate, report, rollout
 from interaction_jax.eval.rollout import cache_capacity, vocode
 from interaction_jax.model import cache, step
@@ -100,10 +110,10 @@ def test_text_activity_ignores_pad_and_eot_and_chunk_boundaries_are_exact():
     text[1, 2] = tokenizer.EOT
     text[2, 0] = ord("x")
     text[3, 3] = tokenizer.DELEGATE
-    assert behaviour.text_active(text).tolist() == [False, False, True, True]
+    assert scoring.text_active(text).tolist() == [False, False, True, True]
     # a stretch ending exactly on a chunk boundary ends in the chunk before it
-    assert behaviour.end_chunk(1.2, S) == 5 and behaviour.end_chunk(1.2001, S) == 6
-    assert behaviour.span_chunks([[0.3, 1.0]], 8, S).tolist() == [False, True, True, True, True, False, False, False]
+    assert scoring.end_chunk(1.2, S) == 5 and scoring.end_chunk(1.2001, S) == 6
+    assert scoring.span_chunks([[0.3, 1.0]], 8, S).tolist() == [False, True, True, True, True, False, False, False]
 
 
 TURN = {
@@ -126,7 +136,7 @@ TURN = {
     ],
 )
 def test_turn_taking(chunks, expected):
-    m = behaviour.turn_taking(TURN, active(chunks), S)
+    m = turn_taking.metrics(TURN, active(chunks), S)
     assert m["n_replies"] == 1 and m["n_pauses"] == 1
     for key, value in expected.items():
         assert m[key] == pytest.approx(value) if value is not None else m[key] is None, key
@@ -137,7 +147,7 @@ def test_turn_taking(chunks, expected):
 def test_talk_over_and_agreement():
     reference = active([6, 8])
     m = behaviour.common(TURN, active([1, 6, 8]), S, reference_text=reference)
-    user_chunks = behaviour.span_chunks(TURN["user_speech"], N, S)
+    user_chunks = scoring.span_chunks(TURN["user_speech"], N, S)
     assert m["talk_over_rate"] == pytest.approx(1 / user_chunks.sum())
     assert m["text_agreement"] == pytest.approx((N - 1) / N)
     assert behaviour.common(TURN, reference, S, reference_text=reference)["text_agreement"] == 1.0
@@ -151,16 +161,16 @@ def test_time_speak():
         ],
         "user_utterances": [{"start": 0.5, "end": 2.0}, {"start": 6.0, "end": 7.0}],
     }
-    exact = behaviour.time_speak(ann, active([25, 44]), S)
+    exact = time_speak.metrics(ann, active([25, 44]), S)
     assert exact["timer_abs_error_s"] == pytest.approx((0 + abs(44 * 0.2 - 9.0)) / 2)
     assert exact["timer_hit"] == 1.0 and exact["timer_missed"] == 0.0 and exact["n_requests"] == 2
-    late = behaviour.time_speak(ann, active([27]), S)  # 0.4 s late; nothing for the second request
+    late = time_speak.metrics(ann, active([27]), S)  # 0.4 s late; nothing for the second request
     assert late["timer_error_s"] == pytest.approx(0.4) and late["timer_hit"] == 0.0 and late["timer_missed"] == 0.5
     # speaking before the request ends is not an answer to it; the window closes at the next request
-    early = behaviour.time_speak(ann, active([5, 28]), S)
+    early = time_speak.metrics(ann, active([5, 28]), S)
     assert early["timer_error_s"] == pytest.approx(28 * 0.2 - 5.0) and early["timer_missed"] == 0.5
-    assert behaviour.time_speak(ann, active([31]), S)["timer_missed"] == 1.0
-    never = behaviour.time_speak(ann, silent(), S)
+    assert time_speak.metrics(ann, active([31]), S)["timer_missed"] == 1.0
+    never = time_speak.metrics(ann, silent(), S)
     assert never["timer_hit"] == 0.0 and never["timer_missed"] == 1.0 and never["timer_abs_error_s"] is None
 
 
@@ -169,7 +179,7 @@ def test_cue_speak():
         "cues": [{"kind": "audio", "time": 4.0, "perceived_chunk": 20, "onset_chunk": 21}],
         "user_utterances": [{"start": 0.5, "end": 2.0}],
     }
-    on_time = behaviour.cue_speak(ann, active([21]), S)
+    on_time = cue_speak.metrics(ann, active([21]), S)
     assert on_time == {
         "cue_latency_chunks": 1.0,
         "cue_hit": 1.0,
@@ -177,24 +187,24 @@ def test_cue_speak():
         "cue_premature": 0.0,
         "n_cues": 1,
     }
-    jumpy = behaviour.cue_speak(ann, active([15, 24]), S)
+    jumpy = cue_speak.metrics(ann, active([15, 24]), S)
     assert jumpy["cue_premature"] == 1.0 and jumpy["cue_latency_chunks"] == 4.0 and jumpy["cue_hit"] == 0.0
-    assert behaviour.cue_speak(ann, active([5]), S)["cue_premature"] == 0.0  # during the request: not waiting yet
-    never = behaviour.cue_speak(ann, silent(), S)
+    assert cue_speak.metrics(ann, active([5]), S)["cue_premature"] == 0.0  # during the request: not waiting yet
+    never = cue_speak.metrics(ann, silent(), S)
     assert never["cue_missed"] == 1.0 and never["cue_hit"] == 0.0 and never["cue_latency_chunks"] is None
 
 
 def test_rep_count():
     ann = {"count": 3, "onset_chunks": [10, 20, 30]}
     text = say(say(say(silent(), 10, "one"), 20, " two"), 30, " three<eot>")  # "three" spills into chunk 31
-    right = behaviour.rep_count(ann, text, S)
+    right = rep_count.metrics(ann, text, S)
     assert right["count_correct"] == 1.0 and right["count_error"] == 0.0
     assert right["number_abs_error_chunks"] == 0.0 and right["number_hit"] == 1.0 and right["numbers_said"] == 1.0
-    short = behaviour.rep_count(ann, say(say(silent(), 12, "One"), 25, " two"), S)
+    short = rep_count.metrics(ann, say(say(silent(), 12, "One"), 25, " two"), S)
     assert short["count_correct"] == 0.0 and short["count_error"] == -1.0
     assert short["numbers_said"] == pytest.approx(2 / 3) and short["number_abs_error_chunks"] == pytest.approx(3.5)
-    assert behaviour.number_words(say(silent(), 3, "someone twofold")) == []  # whole words only
-    never = behaviour.rep_count(ann, silent(), S)
+    assert rep_count.number_words(say(silent(), 3, "someone twofold")) == []  # whole words only
+    never = rep_count.metrics(ann, silent(), S)
     assert never["count_correct"] == 0.0 and never["count_error"] is None and never["numbers_said"] == 0.0
 
 
@@ -205,25 +215,25 @@ def test_interruption():
         "model_utterances": [{"start": 2.0, "end": 3.4, "cut": True}, {"start": 4.8, "end": 6.0, "cut": False}],
         "user_utterances": [{"start": 0.2, "end": 1.8}, {"start": 3.25, "end": 4.4}],  # barge-in ends in chunk 21
     }
-    yields = behaviour.interruption(ann, active([10, 12, 16, 22]), S)
+    yields = interruption.metrics(ann, active([10, 12, 16, 22]), S)
     assert yields["talking_at_barge_in"] == 1.0 and yields["yielded"] == 1.0 and yields["stop_latency_chunks"] == 0.0
     assert yields["answer_latency_chunks"] == 1.0 and yields["answer_on_time"] == 1.0
-    late = behaviour.interruption(ann, active([10, 17, 18]), S)
+    late = interruption.metrics(ann, active([10, 17, 18]), S)
     assert late["yielded"] == 1.0 and late["stop_latency_chunks"] == 2.0
-    talks_on = behaviour.interruption(ann, active(range(10, 20)), S)
+    talks_on = interruption.metrics(ann, active(range(10, 20)), S)
     assert talks_on["yielded"] == 0.0 and talks_on["stop_latency_chunks"] == 3.0
-    mute = behaviour.interruption(ann, silent(), S)
+    mute = interruption.metrics(ann, silent(), S)
     assert mute["talking_at_barge_in"] == 0.0 and mute["yielded"] is None and mute["answer_on_time"] == 0.0
 
 
 def test_backchannel_and_delegate():
     bc = {"backchannels": [{"pause": [1.0, 2.0], "onset_chunk": 6}, {"pause": [5.0, 6.0], "onset_chunk": 26}]}
-    assert behaviour.backchannel(bc, active([7]), S) == {"backchannel_hit": 0.5, "n_backchannels": 2}
-    assert behaviour.backchannel({"backchannels": []}, active([7]), S)["backchannel_hit"] is None
+    assert backchannel.metrics(bc, active([7]), S) == {"backchannel_hit": 0.5, "n_backchannels": 2}
+    assert backchannel.metrics({"backchannels": []}, active([7]), S)["backchannel_hit"] is None
 
     ann = {"delegations": [{"request": "9+13", "answer": "22", "request_chunk": 10, "result_chunk": 20}]}
     good = say(say(silent(), 11, "<delegate>9+13</delegate>"), 24, "it is 22<eot>")
-    m = behaviour.delegate(ann, good, S)
+    m = delegate.metrics(ann, good, S)
     assert m == {
         "delegate_hit": 1.0,
         "request_exact": 1.0,
@@ -232,12 +242,12 @@ def test_backchannel_and_delegate():
         "n_delegations": 1,
     }
     wrong = say(say(silent(), 14, "<delegate>9+12</delegate>"), 16, "it is 22 or 122")  # early answer: not said
-    m = behaviour.delegate(ann, wrong, S)
+    m = delegate.metrics(ann, wrong, S)
     assert m["delegate_hit"] == 0.0 and m["answer_said"] == 0.0 and m["answer_delay_chunks"] is None
-    assert behaviour.delegate(ann, say(silent(), 10, "<delegate>9+12</delegate>"), S)["request_exact"] == 0.0
+    assert delegate.metrics(ann, say(silent(), 10, "<delegate>9+12</delegate>"), S)["request_exact"] == 0.0
     # a request broken by another special is no request, by the session's rule (tokenizer.RequestReader),
     # even when the right text and an END_DELEGATE follow later
-    broken = behaviour.delegate(ann, say(silent(), 10, "<delegate>9+<speak>13</delegate>"), S)
+    broken = delegate.metrics(ann, say(silent(), 10, "<delegate>9+<speak>13</delegate>"), S)
     assert broken["delegate_hit"] == 1.0 and broken["request_exact"] == 0.0
 
 
@@ -253,7 +263,7 @@ def test_aggregate_skips_what_does_not_apply():
     assert report.plottable(np.array([[0, 65, 200, 256]])).tolist() == [[63, 65, 63, 256]]
 
 
-@pytest.mark.parametrize("scenario", config_lib.SCENARIOS)
+@pytest.mark.parametrize("scenario", scenarios.names())
 def test_the_data_scores_perfectly_on_its_own_episodes(scenario, clips):
     """The metrics read the real annotations as intended: the episode's own output is on time everywhere."""
     ep = report.eval_episode(CFG, scenario, 0, clips)
@@ -439,7 +449,7 @@ def test_evaluate_writes_every_artefact(tmp_path, params, clips):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["scenario"] for r in summary["rows"]] == list(names)
     for row in summary["rows"]:
-        keys = {key for key, _, _ in (*report.TABLE[row["scenario"]], *report.COMMON_COLUMNS)}
+        keys = {c.key for c in (*scenarios.get(row["scenario"]).columns, *report.COMMON_COLUMNS)}
         assert keys <= set(row["metrics"]) and keys <= set(row["reference"])
         assert len(row["cells"]) == len(keys)
     assert summary["rollout_seeds"] == 2 and "speaks when p(not PAD) > 0.5" in summary["sampling"]

@@ -107,6 +107,9 @@ def test_splits_share_no_seed_sentence_or_voice():
 
 
 def test_heldout_needs_a_size_and_bad_arguments_are_named(clips):
+    unknown = config_lib.override(CFG, ["data.scenarios=[turn_taking, chitchat]", "data.weights=[1, 1]"])
+    with pytest.raises(config_lib.ConfigError, match="unknown scenario 'chitchat'"):
+        pipeline.windows(unknown, clips=clips)  # nothing makes data from a mix it cannot make
     with pytest.raises(ValueError, match="num_episodes"):
         pipeline.windows(CFG, "heldout", clips=clips)
     with pytest.raises(ValueError, match="unknown split"):
@@ -119,7 +122,7 @@ def test_mixture_weights_pick_scenarios():
     only = dataclasses.replace(CFG.data, weights=(0, 0, 0, 1, 0, 0, 0))
     assert {pipeline.scenario_for(only, s) for s in range(50)} == {"time_speak"}
     uniform = {pipeline.scenario_for(CFG.data, s) for s in range(200)}
-    assert uniform == set(config_lib.SCENARIOS)
+    assert uniform == set(config_lib.DEFAULT_SCENARIOS)
 
 
 def test_loss_mask_removes_padding_from_the_loss(clips):

@@ -13,7 +13,7 @@ import pytest
 
 from interaction_jax import config as config_lib
 from interaction_jax.audio import wav
-from interaction_jax.data import preview, render
+from interaction_jax.data import preview, render, scenarios
 from interaction_jax.data.bank import LiveClips
 
 CFG = config_lib.validate(config_lib.preset("tiny"))
@@ -44,10 +44,14 @@ def test_preview_files_hold_the_episode(tmp_path, clips):
 
 
 def test_markers_come_from_the_annotations():
-    markers = preview.annotation_markers(
-        {"cues": [{"kind": "audio", "time": 3.5}], "barge_in": 2.0, "requests": [{"n": 4, "target_time": 6.0}]}
-    )
-    assert sorted(markers) == [(2.0, "barge-in"), (3.5, "audio cue"), (6.0, "target 4 s")]
+    def markers(name, annotations):
+        return scenarios.get(name).event_markers(annotations, CFG.stream)
+
+    assert markers("cue_speak", {"cues": [{"kind": "audio", "time": 3.5}]}) == [(3.5, "audio cue")]
+    assert markers("interruption", {"barge_in": 2.0, "cut": 2.2}) == [(2.0, "barge-in")]
+    assert markers("time_speak", {"requests": [{"n": 4, "target_time": 6.0}]}) == [(6.0, "target 4 s")]
+    assert markers("rep_count", {"completions": [3.0, 5.5]}) == [(3.0, "rep 1"), (5.5, "rep 2")]
+    assert markers("turn_taking", {"replies": [{"user_end": 1.0, "onset_chunk": 6}]}) == []
 
 
 @pytest.mark.slow

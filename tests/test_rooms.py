@@ -12,6 +12,11 @@ import pytest
 ROOMS = {
     # room: (the modules to import, the packages that must stay unloaded)
     "config": (["interaction_jax.config"], ["interaction_jax.data", "interaction_jax.model", "interaction_jax.train"]),
+    # data/ (the scenarios and their metrics included) is below eval/: evaluation reads the registry, never back
+    "data": (
+        ["interaction_jax.data.pipeline", "interaction_jax.data.preview"],
+        ["interaction_jax.eval", "interaction_jax.train", "interaction_jax.serve", "interaction_jax.model"],
+    ),
     "model": (
         ["interaction_jax.model.step"],
         ["interaction_jax.train", "interaction_jax.serve", "interaction_jax.data"],

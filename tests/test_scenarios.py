@@ -1,24 +1,27 @@
-"""The corpus and the seven interaction scenarios: shared rules, per-scenario timing, determinism, splits."""
+"""The corpus, the scenario registry and the scenarios: shared rules, per-scenario timing, determinism, splits."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import itertools
+import math
+import pkgutil
 import re
 
 import numpy as np
 import pytest
 
+from interaction_jax import config as config_lib
 from interaction_jax import tokenizer
 from interaction_jax.audio.clip import Word
-from interaction_jax.config import SCENARIOS as SCENARIO_NAMES
-from interaction_jax.config import StreamConfig
-from interaction_jax.data import corpus
+from interaction_jax.config import ConfigError, StreamConfig
+from interaction_jax.data import corpus, scenarios
 from interaction_jax.data.bank import LiveClips
 from interaction_jax.data.episode import ScenarioContext, check_episode
 from interaction_jax.data.render import place_text
-from interaction_jax.data.scenarios import MIN_EPISODE_SECONDS, SCENARIOS, EpisodeTooShort, common, make_episode
+from interaction_jax.data.scenarios import EpisodeTooShort, common, make_episode
 from interaction_jax.stream import chunk_samples
 from interaction_jax.video import scene as video_scene
 
@@ -27,6 +30,7 @@ SR = CFG.sample_rate
 S = chunk_samples(CFG)
 C = CFG.chunk_ms / 1000
 SEEDS = range(14)
+SCENARIO_NAMES = scenarios.names()
 CLIPS = LiveClips()  # one synthesiser cache for the whole module
 
 
@@ -176,10 +180,44 @@ def test_beep_shape():
 # Rules every scenario follows
 
 
-def test_registry_matches_config():
-    assert tuple(SCENARIOS) == SCENARIO_NAMES
-    with pytest.raises(ValueError, match="unknown scenario"):
+def test_the_registry_holds_every_scenario_module_in_number_order():
+    declared = {}
+    for module in pkgutil.iter_modules(scenarios.__path__):
+        record = getattr(importlib.import_module(f"{scenarios.__name__}.{module.name}"), "SCENARIO", None)
+        if record is not None:
+            declared[module.name] = record
+    assert sorted(declared) == sorted(SCENARIO_NAMES)  # every module declaring one, and only those
+    assert all(declared[name] is scenarios.get(name) for name in SCENARIO_NAMES)
+    assert [scenarios.get(name).number for name in SCENARIO_NAMES] == list(range(len(SCENARIO_NAMES)))
+    # the default mix names registered scenarios, in registry order (its weights follow data.scenarios)
+    assert list(config_lib.DEFAULT_SCENARIOS) == [n for n in SCENARIO_NAMES if n in config_lib.DEFAULT_SCENARIOS]
+    with pytest.raises(ValueError, match="unknown scenario 'juggling'"):
         make_episode("juggling", 0, ScenarioContext(CFG, CLIPS))
+    first = scenarios.get(SCENARIO_NAMES[0])
+    with pytest.raises(ValueError, match="registered twice"):
+        scenarios.register(first)
+    with pytest.raises(ValueError, match=f"the next free number is {len(SCENARIO_NAMES)}"):
+        scenarios.register(dataclasses.replace(first, name="juggling"))
+    assert scenarios.names() == SCENARIO_NAMES  # nothing was added
+
+
+@pytest.mark.parametrize(
+    "overrides, key, match",
+    [
+        (["data.scenarios=[turn_taking, chitchat]", "data.weights=[1, 1]"], "data.scenarios", "chitchat"),
+        (["data.episode_chunks=44"], "data.episode_chunks", "at least 45 chunks"),
+        (["stream.video=false"], "data.scenarios", "rep_count needs the video"),
+    ],
+)
+def test_a_mix_the_registry_cannot_make_is_refused(overrides, key, match):
+    cfg = config_lib.validate(config_lib.override(config_lib.preset("tiny"), overrides))  # sound as a config
+    with pytest.raises(ConfigError, match=match) as refused:
+        scenarios.check_mix(cfg)
+    assert refused.value.key == key
+    scenarios.check_mix(config_lib.preset("tiny"))
+    # without video, a mix that leaves the video scenarios out (weight 0) is fine
+    no_video = ["stream.video=false", "data.weights=[1, 1, 1, 1, 1, 0, 1]"]
+    scenarios.check_mix(config_lib.override(config_lib.preset("tiny"), no_video))
 
 
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
@@ -269,7 +307,7 @@ def test_heldout_episodes_use_heldout_voices_and_lines(name):
             assert u["text"] in heldout_lines
 
 
-@pytest.mark.parametrize("name", [n for n in SCENARIO_NAMES if n != "rep_count"])
+@pytest.mark.parametrize("name", [n for n in SCENARIO_NAMES if not scenarios.get(n).needs_video])
 def test_video_off(name):
     for seed in range(4):
         ep, _ = generate(name, seed, video=False)
@@ -283,8 +321,10 @@ def test_rep_count_needs_video():
 
 
 def test_minimum_episode_length_fits_every_scenario():
-    ctx = ScenarioContext(CFG, CLIPS, "train", num_chunks=round(MIN_EPISODE_SECONDS / C))
     for name, seed in itertools.product(SCENARIO_NAMES, range(40)):
+        ctx = ScenarioContext(
+            CFG, CLIPS, "train", num_chunks=math.ceil(1000 * scenarios.get(name).min_seconds / CFG.chunk_ms)
+        )
         check_episode(make_episode(name, seed, ctx), CFG)
 
 

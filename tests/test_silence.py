@@ -12,7 +12,7 @@ import pytest
 
 from interaction_jax import config as config_lib
 from interaction_jax.data import pipeline, render
-from interaction_jax.eval import behaviour
+from interaction_jax.data.scenarios.scoring import text_active
 from interaction_jax.eval.probe import BehaviourProbe
 from interaction_jax.eval.rollout import chunk_input, rollout_engine
 from interaction_jax.model import step as step_lib
@@ -53,7 +53,7 @@ def _speaking_rate_on_silence(engine, sampling_cfg, seed: int) -> float:
     silence = [chunk_input(render.silent_payload(s, k), s) for k in range(CHUNKS)]
     text = [engine.tick({slot: chunk})[slot].text for chunk in silence]
     engine.close(slot)
-    return float(behaviour.text_active(np.stack(text)).mean())
+    return float(text_active(np.stack(text)).mean())
 
 
 def test_free_running_behaviour_is_logged_during_training(run):

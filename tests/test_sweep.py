@@ -111,7 +111,7 @@ def test_chunk_size_changes_only_the_chunk_length():
             )
         )
         window_tokens.add(stream.window_length(s, p.cfg.train.window_chunks))
-        assert p.cfg.data.episode_chunks * chunk >= 9000  # data.scenarios.MIN_EPISODE_SECONDS
+        assert p.cfg.data.episode_chunks * chunk >= 9000  # every scenario's min_seconds (9 s)
         # Nothing else moves: the model, mesh, serving and data mix are the preset's.
         assert (p.cfg.model, p.cfg.mesh, p.cfg.serve) == (TINY.model, TINY.mesh, TINY.serve)
         assert dataclasses.replace(p.cfg.train, steps=TINY.train.steps, window_chunks=10) == TINY.train

@@ -284,9 +284,18 @@ def test_sharded_batches_do_not_depend_on_the_process_split(clips):
 def test_heldout_episodes_cycle_through_the_scenarios():
     cfg = small_config()
     names = [pipeline.heldout_scenario(cfg.data, i) for i in range(14)]
-    assert names == list(config_lib.SCENARIOS) * 2
+    assert names == list(config_lib.DEFAULT_SCENARIOS) * 2
     no_rep = config_lib.override(cfg, ["data.weights=[1,1,1,1,1,0,1]"])
     assert "rep_count" not in {pipeline.heldout_scenario(no_rep.data, i) for i in range(12)}
+
+
+def test_train_refuses_an_unknown_scenario_before_it_starts(tmp_path):
+    from interaction_jax.train import loop
+
+    cfg = small_config("data.scenarios=[turn_taking, chitchat]", "data.weights=[1, 1]")  # sound as a config
+    with pytest.raises(ConfigError, match=r"data\.scenarios: unknown scenario 'chitchat'"):
+        loop.train(cfg, tmp_path / "run", clips=types.SimpleNamespace())  # no clip read, no compile
+    assert not (tmp_path / "run").exists()
 
 
 def test_stop_signal_flag(monkeypatch):

@@ -19,13 +19,12 @@ import grain
 import numpy as np
 from absl import flags
 
-from interaction_jax.config import SCENARIOS, Config, DataConfig
+from interaction_jax.config import Config, DataConfig
 from interaction_jax.data import corpus, render, scenarios
 from interaction_jax.data.bank import ClipBank, LiveClips
 from interaction_jax.data.episode import SPLITS, ClipSource, Episode, ScenarioContext, Split
 
 _SPLIT_BIT = {"train": 0, "heldout": 1}
-TASKS = SCENARIOS  # a window's `task` entry is its scenario's index here
 TRAIN_EPISODES = 1 << 40  # "infinite": every index is a fresh episode, and a run never wraps around
 
 
@@ -85,7 +84,7 @@ class _EpisodeWindows(grain.transforms.Map):
 
     def map(self, index):
         ep = make_episode(self.cfg, self.split, int(index), self.clips)
-        task = np.int32(TASKS.index(ep.scenario))
+        task = np.int32(scenarios.get(ep.scenario).number)  # `scenarios.names()[task]` is its name
         return [w | {"task": task} for w in render.episode_windows(ep, self.cfg.stream, self.cfg.train.window_chunks)]
 
 
@@ -112,6 +111,7 @@ def windows(
     Held-out needs a bound: it is a fixed evaluation set.
     """
     _check_split(split)
+    scenarios.check_mix(cfg)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
     if num_episodes is None:

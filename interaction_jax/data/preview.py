@@ -22,20 +22,6 @@ MAX_FRAMES = 6
 FRAME_SCALE = 4  # 80×80 frames are hard to see; nearest-neighbour upscaling keeps the pixels honest
 
 
-def annotation_markers(annotations: dict) -> list[tuple[float, str]]:
-    """Vertical markers for the timeline: the event times a scenario annotates (cues, targets, barge-ins)."""
-    markers: list[tuple[float, str]] = []
-    for cue in annotations.get("cues", []):
-        markers.append((float(cue["time"]), f"{cue['kind']} cue"))
-    for req in annotations.get("requests", []):
-        markers.append((float(req["target_time"]), f"target {req['n']} s"))
-    if "barge_in" in annotations:
-        markers.append((float(annotations["barge_in"]), "barge-in"))
-    for i, t in enumerate(annotations.get("completions", []), 1):
-        markers.append((float(t), f"rep {i}"))
-    return markers
-
-
 def save_frames(frames: np.ndarray, times: np.ndarray, folder: Path) -> list[Path]:
     """Up to MAX_FRAMES evenly spaced frames as PNGs named by their stream time."""
     import matplotlib
@@ -84,7 +70,7 @@ def write_preview(
         model_audio=ep.model_audio,
         text_in=text_in,
         text_out=text_out,
-        markers=annotation_markers(ep.annotations),
+        markers=scenarios.get(scenario).event_markers(ep.annotations, s),
         title=f"{scenario} · seed {seed} · {split}",
     )
     if ep.frames is not None:

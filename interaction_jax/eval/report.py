@@ -1,7 +1,7 @@
 """`evaluate`: stream held-out episodes of every scenario through the model and report what it does.
 
 For each scenario and each of its k episodes (episode k of scenario s is held-out seed
-`pipeline.episode_seed(cfg.data, "heldout", k · len(SCENARIOS) + index of s)`, a pure function of
+`pipeline.episode_seed(cfg.data, "heldout", k · (number of scenarios) + s's number)`, a pure function of
 (data.seed, s, k), disjoint from training), `rollout` feeds the episode chunk by chunk once per
 rollout seed r (the session's sampling seed `rollout_seed(s, k, r)`) and `behaviour` scores it, both
 for the model and for the episode's own reference output (the "data" value next to each number: what
@@ -28,60 +28,23 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from interaction_jax import config as config_lib
 from interaction_jax import stream, timeline, tokenizer
 from interaction_jax.audio import wav
-from interaction_jax.config import Config
-from interaction_jax.data import pipeline, preview, scenarios
+from interaction_jax.config import Config, StreamConfig
+from interaction_jax.data import pipeline
+from interaction_jax.data import scenarios as registry  # `scenarios` is evaluate's list of names
 from interaction_jax.data.episode import ClipSource, Episode, ScenarioContext
+from interaction_jax.data.scenarios.scenario import Column, Marker
 from interaction_jax.eval import behaviour
 from interaction_jax.eval.rollout import VOCODER_ITERATIONS, Rollout, rollout, rollout_engine
 from interaction_jax.stream import chunk_seconds
 
-# What the table shows per scenario: (metric key, label, unit); unit is "pct", "chunks", "s" or "count"
-# (a 0/1 per episode shown as correct/episodes). Every scenario also shows COMMON_COLUMNS.
-TABLE: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "turn_taking": (
-        ("reply_latency_chunks", "reply onset", "chunks"),
-        ("reply_latency_s", "reply latency", "s"),
-        ("reply_on_time", "on time (1–2 chunks)", "pct"),
-        ("reply_missed", "missed", "pct"),
-        ("pause_false_start", "speaks in mid-turn pauses", "pct"),
-    ),
-    "backchannel": (("backchannel_hit", "backchannel within ±1 chunk", "pct"),),
-    "interruption": (
-        ("talking_at_barge_in", "talking at barge-in", "pct"),
-        ("yielded", "yields within 2 chunks", "pct"),
-        ("stop_latency_chunks", "stop latency", "chunks"),
-        ("answer_on_time", "answers on time", "pct"),
-    ),
-    "time_speak": (
-        ("timer_abs_error_s", "TimeSpeak abs error", "s"),
-        ("timer_hit", "hit ±1 chunk", "pct"),
-        ("timer_missed", "missed", "pct"),
-    ),
-    "cue_speak": (
-        ("cue_latency_chunks", "cue → onset", "chunks"),
-        ("cue_hit", "hit ±1 chunk", "pct"),
-        ("cue_premature", "speaks before the cue", "pct"),
-    ),
-    "rep_count": (
-        ("count_correct", "count accuracy", "count"),
-        ("number_abs_error_chunks", "number onset abs error", "chunks"),
-        ("numbers_said", "numbers said", "pct"),
-    ),
-    "delegate": (
-        ("delegate_hit", "DELEGATE within ±2 chunks", "pct"),
-        ("request_exact", "exact request", "pct"),
-        ("answer_said", "answer said", "pct"),
-        ("answer_delay_chunks", "answer after result", "chunks"),
-    ),
-}
+# Every scenario's row shows its own columns (`Scenario.columns`), then these.
 COMMON_COLUMNS = (
-    ("text_agreement", "text-onset agreement", "pct"),
-    ("talk_over_rate", "talks over the user", "pct"),
-    ("audio_agreement", "audible when it should be", "pct"),
-    ("text_cer", "words CER", "pct"),
+    Column("text_agreement", "text-onset agreement", "pct"),
+    Column("talk_over_rate", "talks over the user", "pct"),
+    Column("audio_agreement", "audible when it should be", "pct"),
+    Column("text_cer", "words CER", "pct"),
 )
 ALL = "all"  # the gates' name for every scenario's episodes together
 
@@ -182,12 +145,13 @@ class EvalReport:
 
 
 def eval_index(scenario: str, k: int) -> int:
-    """The held-out episode index of the k-th evaluated episode of `scenario` (distinct per (scenario, k))."""
-    if scenario not in config_lib.SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}; use one of {list(config_lib.SCENARIOS)}")
+    """The held-out episode index of the k-th evaluated episode of `scenario` (distinct per (scenario, k)):
+    k · (the number of registered scenarios) + the scenario's number, so registering one more scenario
+    moves every scenario's evaluation episodes to other held-out seeds."""
+    number = registry.get(scenario).number
     if k < 0:
         raise ValueError(f"episode number must be >= 0, got {k}")
-    return k * len(config_lib.SCENARIOS) + config_lib.SCENARIOS.index(scenario)
+    return k * len(registry.names()) + number
 
 
 def rollout_seed(scenario: str, k: int, r: int) -> int:
@@ -201,26 +165,18 @@ def eval_episode(cfg: Config, scenario: str, k: int, clips: ClipSource) -> Episo
     """The k-th held-out evaluation episode of `scenario`: a pure function of (data.seed, scenario, k)."""
     seed = pipeline.episode_seed(cfg.data, "heldout", eval_index(scenario, k))
     ctx = ScenarioContext(stream=cfg.stream, clips=clips, split="heldout", num_chunks=cfg.data.episode_chunks)
-    return scenarios.make_episode(scenario, seed, ctx)
+    return registry.make_episode(scenario, seed, ctx)
 
 
 def default_scenarios(cfg: Config) -> tuple[str, ...]:
-    """`data.scenarios`, without rep_count when video is off (its count is only visible)."""
-    return tuple(s for s in cfg.data.scenarios if cfg.stream.video or s != "rep_count")
+    """`data.scenarios`, without those that need video when video is off (rep_count's count is only visible)."""
+    return tuple(s for s in cfg.data.scenarios if cfg.stream.video or not registry.get(s).needs_video)
 
 
-def due_markers(annotations: dict, cfg: Config) -> list[tuple[float, str]]:
-    """Timeline markers where the data has the model act, on top of `preview.annotation_markers`."""
-    c = chunk_seconds(cfg.stream)
-    marks = list(preview.annotation_markers(annotations))
-    marks += [(r["onset_chunk"] * c, "reply due") for r in annotations.get("replies", [])]
-    marks += [(b["onset_chunk"] * c, "backchannel due") for b in annotations.get("backchannels", [])]
-    if "cut" in annotations:
-        marks.append((float(annotations["cut"]), "cut"))
-    for d in annotations.get("delegations", []):
-        marks += [(d["request_chunk"] * c, "delegate due"), (d["result_chunk"] * c, "result")]
-        marks.append((d["onset_chunk"] * c, "answer due"))
-    return sorted(marks)
+def due_markers(scenario: str, annotations: dict, s: StreamConfig) -> list[Marker]:
+    """Timeline markers at what happens and where the data has the model act, in time order."""
+    record = registry.get(scenario)
+    return sorted([*record.event_markers(annotations, s), *record.due_markers(annotations, s)])
 
 
 def plottable(ids: np.ndarray) -> np.ndarray:
@@ -260,7 +216,7 @@ def _write_episode(
         model_audio=model_audio,
         text_in=ro.text_in,
         text_out=plottable(ro.text),
-        markers=due_markers(ep.annotations, cfg),
+        markers=due_markers(ep.scenario, ep.annotations, s),
         title=f"{ep.scenario} · held-out seed {ep.seed} · model, free-running",
     )
     energy, reference_energy = ro.energy, ro.reference_energy
@@ -334,7 +290,7 @@ def format_spread(stat: dict | None, per_seed: Sequence[dict | None], unit: str)
 
 def row_cells(scenario: str, metrics: dict, reference: dict, per_seed: Sequence[dict] = ()) -> tuple[str, ...]:
     cells = []
-    for key, label, unit in (*TABLE.get(scenario, ()), *COMMON_COLUMNS):
+    for key, label, unit in (*registry.get(scenario).columns, *COMMON_COLUMNS):
         value = format_value(metrics.get(key), unit)
         spread = format_spread(metrics.get(key), [p.get(key) for p in per_seed], unit)
         data = format_value(reference.get(key), unit)
@@ -474,11 +430,11 @@ def evaluate(
         raise ValueError(f"episodes_per_scenario must be >= 1, got {episodes_per_scenario}")
     if rollout_seeds < 1:
         raise ValueError(f"rollout_seeds must be >= 1, got {rollout_seeds}")
+    registry.check_mix(cfg)
     names = tuple(scenarios) if scenarios is not None else default_scenarios(cfg)
     for name in names:
-        eval_index(name, 0)  # unknown names fail before anything runs
-    if "rep_count" in names and not cfg.stream.video:
-        raise ValueError("rep_count counts a motion in the video, but stream.video is off; leave it out")
+        if registry.get(name).needs_video and not cfg.stream.video:  # unknown names fail here too
+            raise ValueError(f"{name} needs the video, but stream.video is off; leave it out")
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from interaction_jax.audio import activity, vocoder
 from interaction_jax.config import Config, StreamConfig
 from interaction_jax.data import render
 from interaction_jax.data.episode import Episode
+from interaction_jax.data.scenarios.scoring import text_active
 from interaction_jax.eval import behaviour
 from interaction_jax.serve.engine import ChunkInput, Engine
 from interaction_jax.stream import chunk_samples
@@ -67,11 +68,11 @@ class Rollout:
     @property
     def text_onset(self) -> np.ndarray:
         """bool [n]: the model's TEXT_OUT holds a token other than PAD/EOT."""
-        return behaviour.text_active(self.text)
+        return text_active(self.text)
 
     @property
     def reference_text_onset(self) -> np.ndarray:
-        return behaviour.text_active(self.reference_text)
+        return text_active(self.reference_text)
 
     @property
     def energy(self) -> np.ndarray:

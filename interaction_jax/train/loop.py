@@ -28,7 +28,7 @@ from tqdm import tqdm
 from interaction_jax import config as config_lib
 from interaction_jax import sharding
 from interaction_jax.config import Config
-from interaction_jax.data import pipeline
+from interaction_jax.data import pipeline, scenarios
 from interaction_jax.data.episode import ClipSource
 from interaction_jax.train import checkpoint, optimizer
 from interaction_jax.train import state as state_lib
@@ -116,7 +116,7 @@ class HeldOut:
         scored = sum(v[1] for v in by_task.values())
         out["text_acc"] = correct / max(scored, 1)
         for task, (c, s) in sorted(by_task.items()):
-            out[f"acc/{pipeline.TASKS[task]}"] = c / max(s, 1)
+            out[f"acc/{scenarios.names()[task]}"] = c / max(s, 1)
         return out
 
 
@@ -141,6 +141,7 @@ def train(
     workdir = Path(workdir)
     t = cfg.train
     config_lib.validate(cfg, jax.device_count(), purpose="train")
+    scenarios.check_mix(cfg)  # before the clip bank and the compile
     mesh = sharding.make_mesh(cfg.mesh)
     opt = optimizer.make_optimizer(t)
     shardings = state_lib.state_shardings(cfg, opt, mesh)

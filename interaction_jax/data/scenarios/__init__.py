@@ -1,12 +1,16 @@
-"""The seven interaction scenarios: `make_episode(name, seed, ctx)` builds one checked `Episode`.
+"""The scenario registry: every module here that ends with `SCENARIO = Scenario(...)` is one scenario.
 
-Each scenario is `make(seed, ctx) -> Episode`, a pure function of (seed, ctx); `SCENARIOS` maps the
-names of `config.SCENARIOS` to them. Shared rules (reply timing, chunk-aligned model speech, noise,
-video background) live in `common.py`; the corpus they draw from in `data/corpus.py`.
+`get(name)` is its record (how its episodes are made, scored, shown: `scenario.Scenario`), `names()` all
+of them in registry order (`Scenario.number`), `make_episode(name, seed, ctx)` one checked `Episode`, and
+`check_mix(cfg)` refuses a config whose `data.scenarios` the registry cannot make. The registry is
+collected from the package's modules when it is first imported, so a new scenario is a new module and
+nothing else. Shared rules (reply timing, chunk-aligned model speech, noise, video background) live in
+`common.py`, what the metrics are built from in `scoring.py`, the corpus in `data/corpus.py`.
 
-Episodes must be long enough for a whole exchange: at `MIN_EPISODE_SECONDS` (9 s, 45 chunks of 200 ms)
-every scenario fits; shorter ones raise `EpisodeTooShort` when nothing fits (interruption, the longest
-exchange, starts to fail below about 8 s). Longer episodes hold several exchanges.
+Episodes must be long enough for a whole exchange: at its `min_seconds` (9 s, 45 chunks of 200 ms, for
+every scenario so far) a scenario fits; shorter ones raise `EpisodeTooShort` when nothing fits
+(interruption, the longest exchange, starts to fail below about 8 s). Longer episodes hold several
+exchanges.
 
 Annotations (JSON-able; times in stream seconds, chunk indices as ints). Every scenario writes:
 
@@ -17,57 +21,96 @@ Annotations (JSON-able; times in stream seconds, chunk indices as ints). Every s
 - `model_utterances`: [{start, end, text, cut}].
 - `noise_level`: amplitude of the user's background noise; `user_voice`: the user's Voice.name.
 
-And each its own:
-
-- turn_taking: `replies` [{user_end, onset_chunk}] — one per user utterance.
-- backchannel: `backchannels` [{pause: [s, e], onset_chunk}] — pause from the last speech sample
-  before it to the user's resumption.
-- interruption: `barge_in` (when the interruption starts), `cut` (when the model's speech stops: the
-  end of the barge-in's chunk), `cut_chunk` (that chunk: the last one with the model's reply).
-- time_speak: `requests` [{n, request_end, target_time, onset_chunk, typed}] — target_time = request_end + n.
-- cue_speak: `cues` [{kind: "visual" | "audio", time, perceived_chunk, onset_chunk}] — time is the frame
-  time the red square appears at, or the beep's start; onset_chunk = perceived_chunk + 1.
-- rep_count: `count` (N), `completions` [times the k-th repetition completes], `onset_chunks` [when
-  the model starts saying "one", "two", …].
-- delegate: `delegations` [{question, request, answer, request_chunk, result_chunk, onset_chunk,
-  let_me_check, interjection}] — request_chunk: when DELEGATE is written; result_chunk: the chunk the
-  RESULT event is due in; onset_chunk: when the model starts saying the answer; let_me_check /
-  interjection: whether the model said "let me check" and whether the user spoke while it waited.
+Each scenario's own keys are listed in its module's docstring.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import math
+import pkgutil
 
-from interaction_jax.config import MIN_EPISODE_SECONDS
+from interaction_jax.config import Config, ConfigError
 from interaction_jax.data.episode import Episode, ScenarioContext, check_episode
-from interaction_jax.data.scenarios import (
-    backchannel,
-    cue_speak,
-    delegate,
-    interruption,
-    rep_count,
-    time_speak,
-    turn_taking,
-)
 from interaction_jax.data.scenarios.common import EpisodeTooShort
+from interaction_jax.data.scenarios.scenario import Column, Scenario
 
-SCENARIOS: dict[str, Callable[[int, ScenarioContext], Episode]] = {
-    turn_taking.NAME: turn_taking.make,
-    backchannel.NAME: backchannel.make,
-    interruption.NAME: interruption.make,
-    time_speak.NAME: time_speak.make,
-    cue_speak.NAME: cue_speak.make,
-    rep_count.NAME: rep_count.make,
-    delegate.NAME: delegate.make,
-}
+REGISTRY: dict[str, Scenario] = {}  # name → record, in number order
+
+
+def register(scenario: Scenario) -> Scenario:
+    """Add `scenario` to the registry; its number must be the next one (numbers run 0, 1, … without gaps)."""
+    if scenario.name in REGISTRY:
+        raise ValueError(f"scenario {scenario.name!r} is registered twice")
+    if scenario.number != len(REGISTRY):
+        taken = {s.number: s.name for s in REGISTRY.values()}
+        raise ValueError(
+            f"scenario {scenario.name!r} has number {scenario.number}, but the next free number is "
+            f"{len(REGISTRY)} (taken: {taken}); numbers run 0, 1, … without gaps"
+        )
+    REGISTRY[scenario.name] = scenario
+    return scenario
+
+
+def _collect() -> None:
+    """Register the `SCENARIO` of every module of this package, in number order."""
+    found = []
+    for module in pkgutil.iter_modules(__path__):
+        record = getattr(importlib.import_module(f"{__name__}.{module.name}"), "SCENARIO", None)
+        if isinstance(record, Scenario):
+            found.append(record)
+    for record in sorted(found, key=lambda s: s.number):
+        register(record)
+
+
+def names() -> tuple[str, ...]:
+    """Every registered scenario's name, in registry order (index = `Scenario.number`)."""
+    return tuple(REGISTRY)
+
+
+def get(name: str) -> Scenario:
+    """The record of scenario `name`."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown scenario {name!r}; use one of {list(REGISTRY)}")
+    return REGISTRY[name]
 
 
 def make_episode(name: str, seed: int, ctx: ScenarioContext) -> Episode:
     """Episode `seed` of scenario `name`, checked against the stream config."""
-    if name not in SCENARIOS:
-        raise ValueError(f"unknown scenario {name!r}; use one of {list(SCENARIOS)}")
-    return check_episode(SCENARIOS[name](seed, ctx), ctx.stream)
+    return check_episode(get(name).make(seed, ctx), ctx.stream)
 
 
-__all__ = ["MIN_EPISODE_SECONDS", "SCENARIOS", "EpisodeTooShort", "make_episode"]
+def check_mix(cfg: Config) -> None:
+    """Refuse a config whose `data.scenarios` this registry cannot make: an unknown name, episodes shorter
+    than a scenario's `min_seconds`, or a scenario that needs video in the mix (weight > 0) with
+    stream.video off. Raises `ConfigError` naming the key and the fix.
+
+    The config itself holds scenario names as strings and cannot know the registry (config.py imports
+    nothing of data/), so this runs where a config meets the data: the CLI after `config.validate`, and
+    `train`, `evaluate` and the data pipeline before they make anything.
+    """
+    d, s = cfg.data, cfg.stream
+    for name in d.scenarios:
+        if name not in REGISTRY:
+            raise ConfigError("data.scenarios", f"unknown scenario {name!r}", f"use names from {list(REGISTRY)}")
+    longest = max((REGISTRY[name] for name in d.scenarios), key=lambda sc: sc.min_seconds, default=None)
+    if longest is not None and d.episode_chunks * s.chunk_ms < 1000 * longest.min_seconds:
+        need = math.ceil(1000 * longest.min_seconds / s.chunk_ms)
+        raise ConfigError(
+            "data.episode_chunks",
+            f"{d.episode_chunks} chunks of {s.chunk_ms} ms is shorter than the {longest.min_seconds} s "
+            f"{longest.name} needs for a whole exchange",
+            f"use at least {need} chunks",
+        )
+    for name, weight in zip(d.scenarios, d.weights, strict=True):
+        if weight > 0 and REGISTRY[name].needs_video and not s.video:
+            raise ConfigError(
+                "data.scenarios",
+                f"{name} needs the video (what the model must see is only there), but stream.video is off",
+                f"drop {name}",
+            )
+
+
+_collect()
+
+__all__ = ["REGISTRY", "Column", "EpisodeTooShort", "Scenario", "check_mix", "get", "make_episode", "names", "register"]

@@ -7,15 +7,25 @@ otherwise. It stays silent in the pauses *inside* a statement, as it does in eve
 sounds the same here as in turn_taking (the same lines, voices and cut), so acknowledging there would
 teach the opposite of turn_taking's lesson for the same input. A sentence's end is what its voice and
 words mark, and that is where people backchannel.
+
+Annotations (beyond those every scenario writes): `backchannels` [{pause: [s, e], onset_chunk}] — the
+pause runs from the last speech sample before it to the user's resumption.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
+from interaction_jax.config import StreamConfig
 from interaction_jax.data import corpus
 from interaction_jax.data.episode import Episode, ScenarioContext
 from interaction_jax.data.scenarios.common import EpisodeBuilder, Layout, first_that_fits, lay_out, pick, too_short
+from interaction_jax.data.scenarios.scenario import Column, Marker, Scenario
+from interaction_jax.data.scenarios.scoring import Metrics, any_active, mean, text_active
+from interaction_jax.stream import chunk_seconds
 
 NAME = "backchannel"
+NUMBER = 1  # its place in the registry (`Scenario.number`)
 PAUSE_S = (0.5, 1.5)
 FIRST_START_S = (0.2, 1.0)
 ACKNOWLEDGE_PROBABILITY = 0.8  # at a pause that can hold one; not every pause gets a backchannel
@@ -28,7 +38,7 @@ def _draw_statement(b: EpisodeBuilder, statements: tuple[str, ...], start: int) 
 
 
 def make(seed: int, ctx: ScenarioContext) -> Episode:
-    b = EpisodeBuilder(NAME, seed, ctx)
+    b = EpisodeBuilder(NAME, NUMBER, seed, ctx)
     statements = corpus.user_lines("statement", ctx.split)
     # (last speech sample of a statement, the sample the user resumes at or the episode ends)
     after_statements: list[tuple[int, int]] = []
@@ -56,3 +66,26 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
             backchannels.append({"pause": [b.seconds(pause_start), b.seconds(pause_end)], "onset_chunk": onset})
     b.annotate(backchannels=backchannels)
     return b.build()
+
+
+def metrics(annotations: dict, text: np.ndarray, s: StreamConfig) -> Metrics:
+    """`backchannel_hit`: fraction of annotated backchannels with an active chunk in [onset_chunk − 1,
+    onset_chunk + 1]."""
+    flags = text_active(text)
+    hits = [any_active(flags, b["onset_chunk"] - 1, b["onset_chunk"] + 1) for b in annotations.get("backchannels", [])]
+    return {"backchannel_hit": mean(hits), "n_backchannels": len(hits)}
+
+
+def due_markers(annotations: dict, s: StreamConfig) -> list[Marker]:
+    return [(b["onset_chunk"] * chunk_seconds(s), "backchannel due") for b in annotations.get("backchannels", [])]
+
+
+SCENARIO = Scenario(
+    name=NAME,
+    number=NUMBER,
+    make=make,
+    min_seconds=9.0,
+    metrics=metrics,
+    columns=(Column("backchannel_hit", "backchannel within ±1 chunk", "pct"),),
+    due_markers=due_markers,
+)

@@ -27,7 +27,7 @@ import numpy as np
 
 from interaction_jax import tokenizer
 from interaction_jax.audio.clip import Clip, Word
-from interaction_jax.config import SCENARIOS, StreamConfig
+from interaction_jax.config import StreamConfig
 from interaction_jax.data import corpus
 from interaction_jax.data.episode import (
     Episode,
@@ -237,13 +237,13 @@ class EpisodeBuilder:
     overlapping itself) and records the annotations every scenario writes.
     """
 
-    def __init__(self, name: str, seed: int, ctx: ScenarioContext):
+    def __init__(self, name: str, number: int, seed: int, ctx: ScenarioContext):
+        """Episode `seed` of scenario `name`, whose registry `number` keys the random streams."""
         self.name, self.seed, self.ctx, self.cfg = name, seed, ctx, ctx.stream
-        scenario_id = SCENARIOS.index(name)
         # Separate streams for timing, scene and noise: turning video off leaves the audio unchanged.
-        self.rng = np.random.default_rng([seed, scenario_id])
-        self.scene_rng = np.random.default_rng([seed, scenario_id, 1])
-        self._noise_rng = np.random.default_rng([seed, scenario_id, 2])
+        self.rng = np.random.default_rng([seed, number])
+        self.scene_rng = np.random.default_rng([seed, number, 1])
+        self._noise_rng = np.random.default_rng([seed, number, 2])
         self.sample_rate = self.cfg.sample_rate
         self.chunk = chunk_samples(self.cfg)
         self.total = ctx.num_chunks * self.chunk

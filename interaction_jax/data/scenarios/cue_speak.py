@@ -5,13 +5,20 @@ appears at a frame time (perceivable in the chunk that carries that frame), or a
 the user's audio (perceivable in the chunk holding its last sample). The model responds from the next
 chunk on, and says nothing before. With video off every cue is a beep. Requests repeat while whole
 exchanges fit.
+
+Annotations (beyond those every scenario writes): `cues` [{kind: "visual" | "audio", time,
+perceived_chunk, onset_chunk}] — time is the frame time the red square appears at, or the beep's start;
+onset_chunk = perceived_chunk + 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from interaction_jax.audio.clip import Clip
+from interaction_jax.config import StreamConfig
 from interaction_jax.data import corpus
 from interaction_jax.data.episode import Episode, ScenarioContext, frame_times
 from interaction_jax.data.scenarios.common import (
@@ -23,9 +30,21 @@ from interaction_jax.data.scenarios.common import (
     pick,
     too_short,
 )
+from interaction_jax.data.scenarios.scenario import Column, Marker, Scenario
+from interaction_jax.data.scenarios.scoring import (
+    MISS_CHUNKS,
+    Metrics,
+    any_active,
+    end_chunk,
+    first_active,
+    mean,
+    text_active,
+    user_utterances,
+)
 from interaction_jax.video import scene as video_scene
 
 NAME = "cue_speak"
+NUMBER = 4  # its place in the registry (`Scenario.number`)
 FIRST_START_S = (0.2, 1.5)
 CUE_DELAY_S = (0.5, 6.0)  # from the end of the request to the cue
 VISUAL_PROBABILITY = 0.5  # when video is on
@@ -86,7 +105,7 @@ def _show_red_square(b: EpisodeBuilder, frame_chunk: int) -> tuple[float, float]
 
 
 def make(seed: int, ctx: ScenarioContext) -> Episode:
-    b = EpisodeBuilder(NAME, seed, ctx)
+    b = EpisodeBuilder(NAME, NUMBER, seed, ctx)
     start = b.uniform_sample(*FIRST_START_S)
     cues = []
     while (plan := first_that_fits(_draw, b, start)) is not None:
@@ -107,3 +126,48 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
         raise too_short(NAME, ctx, "a cue request, the cue and the response")
     b.annotate(cues=cues)
     return b.build()
+
+
+def metrics(annotations: dict, text: np.ndarray, s: StreamConfig) -> Metrics:
+    """Per cue (p = perceived_chunk): `cue_latency_chunks` = onset − p for the first active chunk in
+    [p, p+MISS_CHUNKS] (the data: 1); `cue_hit` = onset within onset_chunk ± 1; `cue_missed`;
+    `cue_premature` = active between the end of the request and p (the data says nothing there)."""
+    flags = text_active(text)
+    utterances = user_utterances(annotations)
+    latency, hits, missed, premature = [], [], [], []
+    for cue in annotations.get("cues", []):
+        p, onset = int(cue["perceived_chunk"]), int(cue["onset_chunk"])
+        before = [u["end"] for u in utterances if u["start"] < cue["time"]]
+        wait_from = end_chunk(before[-1], s) + 1 if before else 0
+        premature.append(any_active(flags, wait_from, p - 1))
+        k = first_active(flags, p, p + MISS_CHUNKS)
+        missed.append(k is None)
+        hits.append(k is not None and abs(k - onset) <= 1)
+        if k is not None:
+            latency.append(k - p)
+    return {
+        "cue_latency_chunks": mean(latency),
+        "cue_hit": mean(hits),
+        "cue_missed": mean(missed),
+        "cue_premature": mean(premature),
+        "n_cues": len(missed),
+    }
+
+
+def event_markers(annotations: dict, s: StreamConfig) -> list[Marker]:
+    return [(float(cue["time"]), f"{cue['kind']} cue") for cue in annotations.get("cues", [])]
+
+
+SCENARIO = Scenario(
+    name=NAME,
+    number=NUMBER,
+    make=make,
+    min_seconds=9.0,
+    metrics=metrics,
+    columns=(
+        Column("cue_latency_chunks", "cue → onset", "chunks"),
+        Column("cue_hit", "hit ±1 chunk", "pct"),
+        Column("cue_premature", "speaks before the cue", "pct"),
+    ),
+    event_markers=event_markers,
+)

@@ -6,6 +6,12 @@ half the time says "let me check" once the request has been written. The result 
 as RESULT + answer + END_RESULT 0.4–3 s after the request's last token, and the model says the answer
 as soon as it has fully arrived and the user is not talking: in about half the episodes the user says
 something else while waiting, and the answer then waits for it by the reply rule.
+
+Annotations (beyond those every scenario writes): `delegations` [{question, request, answer,
+request_chunk, result_chunk, onset_chunk, let_me_check, interjection}] — request_chunk: when DELEGATE is
+written; result_chunk: the chunk the RESULT event is due in; onset_chunk: when the model starts saying
+the answer; let_me_check / interjection: whether the model said "let me check" and whether the user
+spoke while it waited.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from interaction_jax import tokenizer
 from interaction_jax.audio.clip import Clip
+from interaction_jax.config import StreamConfig
 from interaction_jax.data import corpus
 from interaction_jax.data.episode import Episode, ScenarioContext
 from interaction_jax.data.render import event_chunk
@@ -29,8 +38,12 @@ from interaction_jax.data.scenarios.common import (
     text_arrival_chunk,
     too_short,
 )
+from interaction_jax.data.scenarios.scenario import Column, Marker, Scenario
+from interaction_jax.data.scenarios.scoring import Metrics, TextStream, mean
+from interaction_jax.stream import chunk_seconds
 
 NAME = "delegate"
+NUMBER = 6  # its place in the registry (`Scenario.number`)
 FIRST_START_S = (0.2, 1.0)
 TIME_QUESTION_PROBABILITY = 1 / 3
 LET_ME_CHECK_PROBABILITY = 0.5
@@ -116,7 +129,7 @@ def _draw(b: EpisodeBuilder, start: int) -> Plan | None:
 
 
 def make(seed: int, ctx: ScenarioContext) -> Episode:
-    b = EpisodeBuilder(NAME, seed, ctx)
+    b = EpisodeBuilder(NAME, NUMBER, seed, ctx)
     start = b.uniform_sample(*FIRST_START_S)
     delegations = []
     while (plan := first_that_fits(_draw, b, start)) is not None:
@@ -147,3 +160,73 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
         raise too_short(NAME, ctx, "a question, the delegated request, its result and the answer")
     b.annotate(delegations=delegations)
     return b.build()
+
+
+def _delegate_request(stream: TextStream, lo: int, hi: int) -> tuple[int | None, str | None]:
+    """(chunk, request text) of the first DELEGATE written in chunks [lo, hi]; the text is None when what
+    follows it is not a request by the session's rule (`tokenizer.RequestReader`)."""
+    for i in np.flatnonzero(stream.ids == tokenizer.DELEGATE):
+        if lo <= stream.chunks[i] <= hi:
+            reader = tokenizer.RequestReader()
+            reader.feed(tokenizer.DELEGATE)
+            for j in (int(j) for j in stream.ids[i + 1 :]):
+                taken, request = reader.feed(j)
+                if request is not None:
+                    return int(stream.chunks[i]), request
+                if not taken or j == tokenizer.DELEGATE:  # it was not a request
+                    break
+            return int(stream.chunks[i]), None
+    return None, None
+
+
+def metrics(annotations: dict, text: np.ndarray, s: StreamConfig) -> Metrics:
+    """Per delegation: `delegate_hit` = a DELEGATE token within request_chunk ± 2; `request_exact` = the
+    text up to the next END_DELEGATE is exactly the annotated request; `answer_said` = the answer (e.g.
+    "22", "3:15") said as a whole word from result_chunk until the next delegation's request_chunk;
+    `answer_delay_chunks` = its chunk − result_chunk."""
+    n = len(np.asarray(text))
+    stream = TextStream.of(text)
+    delegations = sorted(annotations.get("delegations", []), key=lambda d: d["request_chunk"])
+    hits, exact, said, delays = [], [], [], []
+    for i, d in enumerate(delegations):
+        rc = int(d["request_chunk"])
+        chunk, request = _delegate_request(stream, rc - 2, rc + 2)
+        hits.append(chunk is not None)
+        exact.append(request == d["request"])
+        hi = int(delegations[i + 1]["request_chunk"]) - 1 if i + 1 < len(delegations) else n - 1
+        k = stream.find_phrase(str(d["answer"]), int(d["result_chunk"]), hi)
+        said.append(k is not None)
+        if k is not None:
+            delays.append(k - int(d["result_chunk"]))
+    return {
+        "delegate_hit": mean(hits),
+        "request_exact": mean(exact),
+        "answer_said": mean(said),
+        "answer_delay_chunks": mean(delays),
+        "n_delegations": len(hits),
+    }
+
+
+def due_markers(annotations: dict, s: StreamConfig) -> list[Marker]:
+    c = chunk_seconds(s)
+    marks = []
+    for d in annotations.get("delegations", []):
+        marks += [(d["request_chunk"] * c, "delegate due"), (d["result_chunk"] * c, "result")]
+        marks.append((d["onset_chunk"] * c, "answer due"))
+    return marks
+
+
+SCENARIO = Scenario(
+    name=NAME,
+    number=NUMBER,
+    make=make,
+    min_seconds=9.0,
+    metrics=metrics,
+    columns=(
+        Column("delegate_hit", "DELEGATE within ±2 chunks", "pct"),
+        Column("request_exact", "exact request", "pct"),
+        Column("answer_said", "answer said", "pct"),
+        Column("answer_delay_chunks", "answer after result", "chunks"),
+    ),
+    due_markers=due_markers,
+)

@@ -5,18 +5,27 @@ lasting at least 3 frame intervals so every repetition shows in 3 or more frames
 completes the model says the next number word, starting in the chunk after the one carrying the first
 frame that shows the completed repetition. N is as many as fit in the episode, at most 6, at least 1.
 The count is only visible, so this scenario needs video.
+
+Annotations (beyond those every scenario writes): `count` (N), `completions` [times the k-th repetition
+completes], `onset_chunks` [when the model starts saying "one", "two", …].
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
+from interaction_jax.config import StreamConfig
 from interaction_jax.data import corpus
 from interaction_jax.data.episode import Episode, ScenarioContext, frame_times
 from interaction_jax.data.scenarios.common import EpisodeBuilder, Request, first_that_fits, pick, too_short
+from interaction_jax.data.scenarios.scenario import Column, Marker, Scenario
+from interaction_jax.data.scenarios.scoring import Metrics, TextStream, mean
 from interaction_jax.video import scene as video_scene
 
 NAME = "rep_count"
+NUMBER = 5  # its place in the registry (`Scenario.number`)
 FIRST_START_S = (0.2, 0.6)
 TYPED_PROBABILITY = 0.5
 START_AFTER_REQUEST_S = (0.0, 0.5)
@@ -70,7 +79,7 @@ def _draw(b: EpisodeBuilder) -> Plan | None:
 def make(seed: int, ctx: ScenarioContext) -> Episode:
     if not ctx.stream.video:
         raise ValueError("rep_count needs video (stream.video=true): the repetitions to count are only visible")
-    b = EpisodeBuilder(NAME, seed, ctx)
+    b = EpisodeBuilder(NAME, NUMBER, seed, ctx)
     plan = first_that_fits(_draw, b)
     if plan is None:
         raise too_short(NAME, ctx, "a count request and one repetition counted")
@@ -85,3 +94,55 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
         onset_chunks=list(plan.onset_chunks),
     )
     return b.build()
+
+
+NUMBER_PATTERN = "|".join(corpus.NUMBER_WORDS)
+
+
+def number_words(text) -> list[tuple[int, int]]:
+    """(number, chunk) of every number word ("one" → 1 …) the model says, in order."""
+    return [(corpus.NUMBER_WORDS.index(w) + 1, k) for w, k in TextStream.of(text).find_words(NUMBER_PATTERN)]
+
+
+def metrics(annotations: dict, text: np.ndarray, s: StreamConfig) -> Metrics:
+    """The model's text decoded (specials as spaces) and its number words ("one" … "six") found as whole
+    words: `count_correct` = the last number word said is `count` (nothing said: wrong); `count_error` =
+    that number − count; per expected word i, its first occurrence's chunk − onset_chunks[i] →
+    `number_abs_error_chunks` (mean over the words said), `number_hit` (within ±1), `numbers_said` (the
+    fraction of the expected words said at all)."""
+    said = number_words(text)
+    count = int(annotations["count"])
+    last = said[-1][0] if said else None
+    errors = []
+    for i, onset in enumerate(annotations.get("onset_chunks", []), start=1):
+        first = next((k for number, k in said if number == i), None)
+        errors.append(None if first is None else first - int(onset))
+    found = [e for e in errors if e is not None]
+    return {
+        "count_correct": float(last == count),
+        "count_error": None if last is None else float(last - count),
+        "number_abs_error_chunks": mean(abs(e) for e in found),
+        "number_hit": mean(e is not None and abs(e) <= 1 for e in errors),
+        "numbers_said": mean(e is not None for e in errors),
+        "n_numbers": len(errors),
+    }
+
+
+def event_markers(annotations: dict, s: StreamConfig) -> list[Marker]:
+    return [(float(t), f"rep {i}") for i, t in enumerate(annotations.get("completions", []), 1)]
+
+
+SCENARIO = Scenario(
+    name=NAME,
+    number=NUMBER,
+    make=make,
+    min_seconds=9.0,
+    metrics=metrics,
+    columns=(
+        Column("count_correct", "count accuracy", "count"),
+        Column("number_abs_error_chunks", "number onset abs error", "chunks"),
+        Column("numbers_said", "numbers said", "pct"),
+    ),
+    needs_video=True,
+    event_markers=event_markers,
+)

@@ -4,15 +4,22 @@ The request is spoken or typed (equally often). The timer starts when the reques
 clip's end, or the end of the chunk in which the typed request's last token lands — and the model's
 short response starts at the chunk boundary nearest request end + N. Requests repeat while whole ones
 fit; N is drawn among the values that fit.
+
+Annotations (beyond those every scenario writes): `requests` [{n, request_end, target_time, onset_chunk,
+typed}] — target_time = request_end + n.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from interaction_jax.audio.clip import Clip
+from interaction_jax.config import StreamConfig
 from interaction_jax.data import corpus
 from interaction_jax.data.episode import Episode, ScenarioContext
+from interaction_jax.data.render import event_chunk
 from interaction_jax.data.scenarios.common import (
     EpisodeBuilder,
     Request,
@@ -21,8 +28,12 @@ from interaction_jax.data.scenarios.common import (
     pick,
     too_short,
 )
+from interaction_jax.data.scenarios.scenario import Column, Marker, Scenario
+from interaction_jax.data.scenarios.scoring import Metrics, end_chunk, first_active, mean, text_active, user_utterances
+from interaction_jax.stream import chunk_seconds
 
 NAME = "time_speak"
+NUMBER = 3  # its place in the registry (`Scenario.number`)
 FIRST_START_S = (0.2, 1.5)
 NEXT_REQUEST_S = (0.5, 1.5)  # from the end of the response to the next request
 TYPED_PROBABILITY = 0.5
@@ -52,7 +63,7 @@ def _draw(b: EpisodeBuilder, start: int) -> Plan | None:
 
 
 def make(seed: int, ctx: ScenarioContext) -> Episode:
-    b = EpisodeBuilder(NAME, seed, ctx)
+    b = EpisodeBuilder(NAME, NUMBER, seed, ctx)
     start = b.uniform_sample(*FIRST_START_S)
     requests = []
     while (plan := first_that_fits(_draw, b, start)) is not None:
@@ -72,3 +83,50 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
         raise too_short(NAME, ctx, "a timer request and its response")
     b.annotate(requests=requests)
     return b.build()
+
+
+def metrics(annotations: dict, text: np.ndarray, s: StreamConfig) -> Metrics:
+    """Per request, searching from the chunk after the request ends up to the chunk before the next user
+    utterance: `timer_error_s` = onset chunk start − target_time (signed), `timer_abs_error_s` = its
+    absolute value (both over the requests answered), `timer_hit` = onset within onset_chunk ± 1,
+    `timer_missed` = no onset at all."""
+    flags = text_active(text)
+    c = chunk_seconds(s)
+    n = len(flags)
+    utterances = user_utterances(annotations)
+    errors, hits, missed = [], [], []
+    for r in annotations.get("requests", []):
+        lo = end_chunk(r["request_end"], s) + 1
+        later = [u["start"] for u in utterances if u["start"] >= r["request_end"]]
+        hi = event_chunk(later[0], s) - 1 if later else n - 1
+        k = first_active(flags, lo, hi)
+        missed.append(k is None)
+        hits.append(k is not None and abs(k - r["onset_chunk"]) <= 1)
+        if k is not None:
+            errors.append(k * c - r["target_time"])
+    return {
+        "timer_abs_error_s": mean(abs(e) for e in errors),
+        "timer_error_s": mean(errors),
+        "timer_hit": mean(hits),
+        "timer_missed": mean(missed),
+        "n_requests": len(missed),
+    }
+
+
+def event_markers(annotations: dict, s: StreamConfig) -> list[Marker]:
+    return [(float(r["target_time"]), f"target {r['n']} s") for r in annotations.get("requests", [])]
+
+
+SCENARIO = Scenario(
+    name=NAME,
+    number=NUMBER,
+    make=make,
+    min_seconds=9.0,
+    metrics=metrics,
+    columns=(
+        Column("timer_abs_error_s", "TimeSpeak abs error", "s"),
+        Column("timer_hit", "hit ±1 chunk", "pct"),
+        Column("timer_missed", "missed", "pct"),
+    ),
+    event_markers=event_markers,
+)
