@@ -7,23 +7,34 @@ interpreted test can still fail to build on a device. Here:
 - TPU: the full deviceless compile (Pallas → Mosaic → XLA executable) for a v5e or v5p chip, with
   libtpu (`pip install -e ".[tpu-compile]"`) and a topology from `jax.experimental.topologies`;
 - GPU: the CUDA lowering by `jax.export` (Pallas → Triton IR, embedded in the StableHLO custom call),
-  which runs every check of the Pallas → Triton lowering; the Triton → PTX step needs a GPU build of
-  XLA and is not run here.
+  which runs every check of the Pallas → Triton lowering. XLA's own Triton → PTX step needs a GPU
+  build of XLA; as an advisory stand-in, `triton_resources` compiles the embedded Triton IR for sm_90
+  with the `triton` wheel's compiler and its bundled ptxas (`pip install -e ".[gpu-compile]"`) and
+  reads the registers per thread and the spills ptxas reports.
 
     python -m pallas_kernels.compile_check            # the table: every case × {v5e, v5p, cuda}
     python -m pallas_kernels.compile_check --costs    # and the TPU cost / memory analysis per case
+    python -m pallas_kernels.compile_check --grids    # and each TPU kernel's grid steps and VMEM need
+    python -m pallas_kernels.compile_check --triton-regs   # and each GPU kernel's registers and spills (sm_90)
 
 Nothing here imports `interaction_jax`; the cases are in `compile_cases.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
+import math
 import os
+import re
+import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 
 import jax
+
+from pallas_kernels import tpu_tiling
 
 # One chip of each generation (a 2x2 slice: the smallest the topology API takes), device 0 of it.
 TPU_TOPOLOGIES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1"}
@@ -83,6 +94,137 @@ def tpu_facts(compiled) -> dict:
     }
 
 
+def _eqns(jaxpr):
+    """Every equation of `jaxpr` and of the jaxprs nested in its equations' parameters."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns") and eqn.primitive.name != "pallas_call":
+                    yield from _eqns(inner)
+
+
+def pallas_grids(fn: Callable, specs: Sequence[jax.ShapeDtypeStruct]) -> list[dict]:
+    """The `pallas_call`s `fn` traces to at `specs`, read from its jaxpr: each one's name, grid, grid
+    steps, and the VMEM its pipeline needs on a TPU (every block double-buffered, plus scratch; block
+    shapes padded to the (8, 128) tiles: `tpu_tiling.vmem_bytes`) — facts of the traced program, no device needed."""
+    calls = []
+    for eqn in _eqns(jax.make_jaxpr(fn)(*specs).jaxpr):
+        if eqn.primitive.name != "pallas_call":
+            continue
+        grid = eqn.params["grid_mapping"]
+        blocks = sum(tpu_tiling.vmem_bytes(b.block_aval.shape, b.block_aval.dtype) for b in grid.block_mappings)
+        scratch = sum(tpu_tiling.vmem_bytes(s.shape, s.dtype) for s in grid.scratch_avals)
+        calls.append(
+            {
+                "name": eqn.params["name"],
+                "grid": tuple(grid.grid),
+                "steps": math.prod(grid.grid),
+                "vmem bytes": 2 * blocks + scratch,
+            }
+        )
+    return calls
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonKernel:
+    """One Triton kernel of a CUDA lowering: its Triton IR as text and the launch XLA would use."""
+
+    name: str
+    ttir: str
+    num_warps: int
+    num_stages: int
+    grid: tuple[int, int, int]
+
+
+def triton_kernels(module: str) -> list[TritonKernel]:
+    """The Triton kernels embedded in the StableHLO text `module` (from `lower_cuda`): each
+    `__gpu$xla.gpu.triton` custom call carries its kernel as MLIR bytecode of the Triton dialect
+    jaxlib bundles, printed here as text with jaxlib's own MLIR."""
+    from jax._src.interpreters import mlir
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.triton import dialect as tt_dialect
+
+    context = mlir.make_ir_context()
+    tt_dialect.register_dialect(context)
+    kernels = []
+
+    def kernel(config) -> TritonKernel:
+        def number(key):
+            return ir.IntegerAttr(config[key]).value
+
+        return TritonKernel(
+            name=ir.StringAttr(config["name"]).value,
+            ttir=str(ir.Module.parse(ir.StringAttr(config["ir"]).value_bytes)),
+            num_warps=number("num_warps"),
+            num_stages=number("num_stages"),
+            grid=(number("grid_x"), number("grid_y"), number("grid_z")),
+        )
+
+    def visit(op):
+        for region in op.regions:
+            for block in region.blocks:
+                for child in block.operations:
+                    attributes = child.operation.attributes
+                    if child.operation.name == "stablehlo.custom_call" and (
+                        ir.StringAttr(attributes["call_target_name"]).value == TRITON_CALL
+                    ):
+                        kernels.append(kernel(ir.DictAttr(attributes["mhlo.backend_config"])))
+                    visit(child.operation)
+
+    with context:
+        visit(ir.Module.parse(module).operation)
+    return kernels
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_resources(kernel: TritonKernel, capability: int = 90) -> dict:
+    """Compile `kernel`'s Triton IR for sm_`capability` with the `triton` wheel (no GPU needed) and run
+    its bundled ptxas with -v on the PTX: registers per thread, spill bytes, stack, shared memory.
+
+    Advisory: XLA compiles the same IR with its own Triton fork, whose passes may differ."""
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # XLA fuses multiply-adds too
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, f"{kernel.name}.ttir")
+        with open(source, "w") as f:
+            f.write(kernel.ttir)
+        options = {"num_warps": kernel.num_warps, "num_stages": kernel.num_stages}
+        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+        ptx = os.path.join(tmp, f"{kernel.name}.ptx")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
+        log = subprocess.run(
+            [get_ptxas(capability).path, "-v", f"--gpu-name={arch}", ptx, "-o", os.path.join(tmp, "out.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
+
+    def read(pattern):
+        found = re.search(pattern, log)
+        if found is None:
+            raise ValueError(f"ptxas -v for {kernel.name}: no {pattern!r} in\n{log}")
+        return int(found.group(1))
+
+    return {
+        "registers": read(r"Used (\d+) registers"),
+        "spill stores": read(r"(\d+) bytes spill stores"),
+        "spill loads": read(r"(\d+) bytes spill loads"),
+        "stack": read(r"(\d+) bytes stack frame"),
+        "shared": compiled.metadata.shared,
+        "triton": triton.__version__,
+    }
+
+
 def _main() -> None:
     import argparse
     import time
@@ -91,6 +233,12 @@ def _main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--costs", action="store_true", help="print the TPU v5e cost and memory analysis")
+    parser.add_argument("--grids", action="store_true", help="print each TPU kernel's grid steps and VMEM need")
+    parser.add_argument(
+        "--triton-regs",
+        action="store_true",
+        help="compile each GPU kernel's Triton IR for sm_90 with the triton wheel: registers and spills",
+    )
     parser.add_argument("--only", default="", help="run the cases whose name contains this")
     args = parser.parse_args()
     for case in CASES:
@@ -109,6 +257,27 @@ def _main() -> None:
                 cell = f"{target}: FAILS {type(error).__name__}: {str(error).splitlines()[0][:160]}"
             cells.append(cell)
         print(f"{case.name:<40} " + " | ".join(cells), flush=True)
+        if args.grids:
+            for call in pallas_grids(case.tpu, case.specs):
+                print(
+                    f"    tpu {call['name']:<26} grid {call['grid']}: {call['steps']:,} steps, "
+                    f"VMEM {call['vmem bytes'] / 2**20:.2f} MiB",
+                    flush=True,
+                )
+        if args.triton_regs:
+            for kernel in triton_kernels(lower_cuda(case.gpu, case.specs)):
+                try:
+                    facts = triton_resources(kernel)
+                    cell = (
+                        f"{facts['registers']} registers, spills {facts['spill stores']} B stored / "
+                        f"{facts['spill loads']} B loaded, stack {facts['stack']} B, shared {facts['shared']:,} B"
+                    )
+                except Exception as error:  # advisory: report what fails, keep going
+                    cell = f"FAILS {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+                print(
+                    f"    sm_90 {kernel.name:<26} warps {kernel.num_warps}, stages {kernel.num_stages}: {cell}",
+                    flush=True,
+                )
         if args.costs:
             for label, fn in (("kernel", case.tpu), ("xla reference", case.reference)):
                 facts = tpu_facts(compile_tpu(fn, case.specs, "v5e"))

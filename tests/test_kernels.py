@@ -152,6 +152,25 @@ def test_bi_matmul_rows_are_batch_invariant(implementation):
         assert_bitwise(bi_matmul(x[:m], w, config=MATMUL, implementation=implementation), full[:m], f"x[:{m}] @ w")
 
 
+def test_tpu_matmul_tiles_come_from_k_and_n_and_keep_the_bits():
+    """The TPU kernel's weight tiles are chosen from K and N (never M) and its reduction stays the
+    config's bk blocks in order: wide tiles give the bits of the 128 × bk tiling."""
+    from pallas_kernels.bi_matmul import tpu as matmul_tpu
+
+    rng = np.random.default_rng(5)
+    x, w = (rng.standard_normal(s).astype(np.float32) for s in ((24, 512), (512, 512)))
+    kw = {"bm": 16, "bn": 128, "bk": 128, "out_dtype": jnp.float32, "interpret": True}
+    tiles = matmul_tpu.weight_tiles(
+        512, 512, bm=16, bn=128, bk=128, x_dtype=x.dtype, w_dtype=w.dtype, out_dtype=jnp.float32
+    )
+    assert tiles == (256, 512), tiles  # all of K in one step; two column tiles (a v5p's two cores)
+    wide = matmul_tpu.bi_matmul(x, w, **kw)
+    assert_bitwise(wide, matmul_tpu.bi_matmul(x, w, tiles=(128, 128), **kw), "(256, 512) tiles vs (128, 128)")
+    np.testing.assert_allclose(np.asarray(wide), x.astype(np.float64) @ w, rtol=1e-5, atol=5e-5)
+    for m in (1, 17):
+        assert_bitwise(matmul_tpu.bi_matmul(x[:m], w, **kw), np.asarray(wide)[:m], f"x[:{m}] @ w")
+
+
 def test_xla_dot_on_cpu_is_not_batch_invariant():
     """The control that makes the test above mean something: XLA's own dot changes rows with M."""
     x, w = _matmul_inputs()

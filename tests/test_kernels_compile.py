@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import pytest
 from jax.experimental import pallas as pl
 
-from pallas_kernels import compile_check
+from pallas_kernels import compile_check, tpu_tiling
 from pallas_kernels.compile_cases import CASES
 
 pytestmark = pytest.mark.compile
@@ -57,6 +57,55 @@ def test_kernel_lowers_to_triton_for_cuda(case):
     calls = set(re.findall(r"stablehlo\.custom_call @([\w$.]+)", module))
     assert compile_check.TRITON_CALL in calls, f"{case.name}: no Triton kernel in {sorted(calls)}"
     assert not any("mosaic" in c for c in calls), f"{case.name}: routed to Mosaic GPU: {sorted(calls)}"
+
+
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_tpu_pipelines_fit_the_scoped_vmem(case):
+    """Every TPU kernel's pipeline (blocks double-buffered, plus scratch) fits the 16 MiB a Mosaic kernel
+    may take by default; the tiles chosen from the shape (matmul, MoE) keep to half of it."""
+    calls = compile_check.pallas_grids(case.tpu, case.specs)
+    assert calls, f"{case.name}: no pallas_call traced"
+    for call in calls:
+        assert call["vmem bytes"] <= tpu_tiling.SCOPED_VMEM_LIMIT, call
+        if call["name"] in ("bi_matmul", "moe_expert_matmul"):
+            assert call["vmem bytes"] <= tpu_tiling.VMEM_BUDGET, call
+
+
+def _case(name):
+    return next(case for case in CASES if case.name == name)
+
+
+def test_decode_matmuls_take_few_grid_steps_whatever_the_rows():
+    """The issue's shapes: a 64 × 4096 × 4096 matmul took 1,024 steps of 128³ tiles, a T = 1 expert
+    matmul 2,048 of 128 × 128 weight blocks. The tiles now come from K and N: few steps, and the
+    same weight tiles for one row as for 64."""
+    case = _case("bi_matmul decode bf16")
+    (call,) = compile_check.pallas_grids(case.tpu, case.specs)
+    assert call["steps"] <= 32 and call["grid"][1] >= 2, call  # two column blocks: both v5p cores
+    one_row = compile_check.pallas_grids(case.tpu, [jax.ShapeDtypeStruct((1, 4096), jnp.bfloat16), case.specs[1]])
+    assert one_row[0]["grid"] == call["grid"], (one_row, call)
+    case = _case("moe_gemv decode bf16")
+    matmuls = [c for c in compile_check.pallas_grids(case.tpu, case.specs) if c["name"] == "moe_expert_matmul"]
+    assert len(matmuls) == 2 and all(c["steps"] <= 64 for c in matmuls), matmuls
+    assert all(c["grid"][1] == 1 for c in matmuls), matmuls  # whole rows of the weights' last dimension
+
+
+def test_the_tpu_compile_refuses_a_pipeline_past_the_scoped_vmem():
+    """The VMEM budget is the compiler's: the deviceless compile refuses a 19 MiB pipeline, stating the
+    16 MiB limit and the size `pallas_grids` computes."""
+    _need_libtpu()
+    from pallas_kernels.bi_matmul import tpu as matmul_tpu
+
+    def too_big(x, w):
+        return matmul_tpu.bi_matmul(x, w, bm=128, bn=128, bk=128, out_dtype=x.dtype, tiles=(2048, 2048))
+
+    specs = _case("bi_matmul decode bf16").specs
+    (call,) = compile_check.pallas_grids(too_big, specs)
+    with pytest.raises(Exception, match="scoped vmem limit") as error:
+        compile_check.compile_tpu(too_big, specs, "v5e")
+    size, limit = map(float, re.search(r"size ([\d.]+)M and limit ([\d.]+)M", str(error.value)).groups())
+    assert limit * 2**20 == tpu_tiling.SCOPED_VMEM_LIMIT, str(error.value)
+    assert size == round(call["vmem bytes"] / 2**20, 2) > limit, (size, call)
 
 
 # The checks must be able to fail: kernels the interpreter accepts but the real compilers refuse.

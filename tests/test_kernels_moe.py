@@ -166,3 +166,30 @@ def test_moe_gmm_gradients_match_the_reference(implementation):
         assert g.shape == w.shape, name
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5, err_msg=name)
         assert np.abs(np.asarray(w)).max() > 0, name  # the check is not vacuous
+
+
+def test_tpu_tiles_come_from_the_weights_and_keep_the_bits(monkeypatch):
+    """The TPU kernel takes weight tiles chosen from D and F (whole rows of F here), never from the
+    tokens, and still reduces in block_k blocks in order: its bits are those of block_k² tiles."""
+    from pallas_kernels.moe import tpu
+
+    rng = np.random.default_rng(11)
+    t, e, k, d, f = 5, 4, 2, 256, 512
+    x = rng.standard_normal((t, d)).astype(np.float32)
+    w_gate, w_up = ((0.1 * rng.standard_normal((e, d, f))).astype(np.float32) for _ in range(2))
+    w_down = (0.1 * rng.standard_normal((e, f, d))).astype(np.float32)
+    ids = np.stack([rng.choice(e, k, replace=False) for _ in range(t)]).astype(np.int32)
+    config = api.MoEConfig(block_rows=8, block_k=128)
+    kw = {"block_rows": 8, "block_k": 128, "x_dtype": np.float32, "w_dtype": np.float32, "out_dtype": np.float32}
+    assert tpu.expert_tiles(d, f, n_weights=2, **kw) == (f, d)  # gate and up: [D, F] in one tile
+    assert tpu.expert_tiles(f, d, n_weights=1, **kw) == (d, f)  # down: [F, D] in one tile
+    args = (x, ids, w_gate, w_up, w_down)
+    wide = {
+        op: np.asarray(op(*args, config=config, implementation="interpret_tpu"))
+        for op in (api.moe_gemv_slots, api.moe_gmm_slots)
+    }
+    assert_bitwise(wide[api.moe_gemv_slots], wide[api.moe_gmm_slots], "gemv vs gmm, wide tiles")
+    monkeypatch.setattr(tpu, "expert_tiles", lambda *_, block_k, **__: (block_k, block_k))
+    for op in (api.moe_gemv_slots, api.moe_gmm_slots):
+        narrow = op(*args, config=config, implementation="interpret_tpu")
+        assert_bitwise(wide[op], narrow, f"{op.__name__}: shape-chosen tiles vs 128 × 128")
