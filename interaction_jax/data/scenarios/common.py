@@ -38,6 +38,7 @@ from interaction_jax.data.episode import (
     frame_times,
 )
 from interaction_jax.data.render import event_chunk
+from interaction_jax.data.scenarios.scoring import last_chunk
 from interaction_jax.video import scene as video_scene
 
 T = TypeVar("T")
@@ -81,11 +82,6 @@ def first_that_fits(draw: Callable[..., T | None], *args: Any, tries: int = TRIE
 
 # ----------------------------------------------------------------------------------------------
 # Chunk arithmetic
-
-
-def last_chunk(end_sample: int, cfg: StreamConfig) -> int:
-    """The chunk holding the last sample of a stretch that ends (exclusively) at `end_sample`."""
-    return (end_sample - 1) // chunk_samples(cfg)
 
 
 def reply_chunk(user_end_sample: int, rng: np.random.Generator, cfg: StreamConfig) -> int:

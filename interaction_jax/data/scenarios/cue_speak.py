@@ -26,7 +26,6 @@ from interaction_jax.data.scenarios.common import (
     Request,
     beep,
     first_that_fits,
-    last_chunk,
     pick,
     too_short,
 )
@@ -37,6 +36,7 @@ from interaction_jax.data.scenarios.scoring import (
     any_active,
     end_chunk,
     first_active,
+    last_chunk,
     mean,
     text_active,
     user_utterances,

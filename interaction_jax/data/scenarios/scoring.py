@@ -41,10 +41,14 @@ def text_active(text) -> np.ndarray:
     return np.any((text != tokenizer.PAD) & (text != tokenizer.EOT), axis=-1)
 
 
+def last_chunk(end_sample: int, s: StreamConfig) -> int:
+    """The chunk holding the last sample of a stretch that ends (exclusively) at sample `end_sample`."""
+    return (end_sample - 1) // chunk_samples(s)
+
+
 def end_chunk(time_s: float, s: StreamConfig) -> int:
-    """The chunk holding the last sample of a stretch that ends (exclusively) at `time_s`."""
-    end_sample = round(time_s * s.sample_rate)
-    return max(0, (end_sample - 1) // chunk_samples(s))
+    """`last_chunk` of a stretch ending (exclusively) at `time_s` seconds; 0 for one that ends at 0."""
+    return max(0, last_chunk(round(time_s * s.sample_rate), s))
 
 
 def span_chunks(spans: Iterable[Sequence[float]], num_chunks: int, s: StreamConfig) -> np.ndarray:
