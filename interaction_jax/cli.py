@@ -4,8 +4,9 @@ Commands: `demo` (the main job: train tiny, then stream held-out episodes throug
 `eval` (stream held-out episodes through a workdir's checkpoint), `sweep` (run or print a sweep of
 experiments/*.py), `serve` (a WebSocket server over a workdir's checkpoint), `talk` (stream a
 wav through a server and write the model's side), `config` (print the resolved config), `plan`
-(parameter and memory plan from shapes) and `data preview|bank` (look at a synthetic episode;
-build the clip bank). Every command shares the config flags: --preset, --config, --mesh, --set.
+(parameter and memory plan from shapes; with `--compile`, the deviceless TPU compile of the train step
+and serving tick) and `data preview|bank` (look at a synthetic episode; build the clip bank). Every
+command shares the config flags: --preset, --config, --mesh, --set.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ flags.DEFINE_string("config", None, "YAML file of config keys applied on top of 
 flags.DEFINE_string("mesh", None, "mesh config YAML (mesh_configs/*.yaml); default: the preset's")
 flags.DEFINE_multi_string("set", [], "override a config key: --set model.d_model=256 (repeatable)")
 flags.DEFINE_integer("num_devices", None, "plan: device count (default: what the mesh config implies)")
+flags.DEFINE_bool(
+    "compile", False, "plan: also compile the train step and serving tick for the mesh's TPU topology (needs libtpu)"
+)
+flags.DEFINE_list("programs", ["train", "serve"], "plan --compile: which programs to compile (train, serve)")
+flags.DEFINE_string(
+    "compare", None, "plan --compile: compile once per value of KEY=V1,V2,… (e.g. model.remat=none,block)"
+)
 flags.DEFINE_string("scenario", "turn_taking", "data preview: which scenario (see data.scenarios)")
 flags.DEFINE_integer("seed", 0, "data preview: the episode seed; talk: the session's sampling seed")
 flags.DEFINE_enum("split", "train", ["train", "heldout"], "data preview: voices and sentences of this split")
@@ -90,6 +98,22 @@ def cmd_plan(argv: list[str]) -> None:
 
         num_devices = jax.device_count()
     print(plan.make_plan(cfg, num_devices).table())
+    if not FLAGS.compile:
+        return
+    from interaction_jax import aot
+
+    try:
+        if FLAGS.compare:
+            key, _, values = FLAGS.compare.partition("=")
+            reports = aot.compare(cfg, key, values.split(","), FLAGS.programs)
+        else:
+            reports = [aot.compile_plan(cfg, FLAGS.programs)]
+    except (aot.LibtpuMissing, aot.DoesNotFit) as e:
+        print(f"plan --compile: {e}", file=sys.stderr)
+        sys.exit(1)
+    for report in reports:
+        print()
+        print(report.table())
 
 
 def cmd_data(argv: list[str]) -> None:

@@ -1,0 +1,283 @@
+"""`interaction-jax plan --compile`: the deviceless TPU compile of the train step and the serving tick.
+
+The compiles (libtpu) run `tiny` on the v5e-8 mesh (fsdp 2 × expert 4: experts, weights and rows
+sharded, the MoE's expert-parallel collectives in the program) and `tiny` with a batch that cannot fit
+a v5e chip. `small` on the same mesh is what CI should compile, but unrolled it took 104 s (train step)
++ 25 s (serving tick) on the shared 2-core machine, past this module's budget; with scanned layers
+(model.scan_layers) it is to replace `tiny` here. The HLO reader and the roofline arithmetic are
+checked on hand-written inputs. Without libtpu the compiles skip, unless PALLAS_KERNELS_REQUIRE_LIBTPU=1
+(as CI sets it), where they fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from interaction_jax import aot, sharding
+from interaction_jax import config as config_lib
+from interaction_jax import plan as plan_lib
+from interaction_jax.model import cache as kv_cache
+from interaction_jax.testing import random_batch
+
+pytestmark = pytest.mark.compile
+
+
+def _need_libtpu():
+    if aot.libtpu_available():
+        return
+    if os.environ.get("PALLAS_KERNELS_REQUIRE_LIBTPU") == "1":
+        pytest.fail(f"libtpu is not installed but PALLAS_KERNELS_REQUIRE_LIBTPU=1: {aot.INSTALL_HINT}")
+    pytest.skip(f"libtpu is not installed ({aot.INSTALL_HINT}): no deviceless TPU compile")
+
+
+def _tiny_v5e8() -> config_lib.Config:
+    """`tiny` on 8 v5e chips, fsdp 2 × expert 4 (one expert per chip); 8 sessions, one per chip."""
+    cfg = dataclasses.replace(config_lib.preset("tiny"), mesh=config_lib.load_mesh("mesh_configs/tpu-v5e-8.yaml"))
+    return config_lib.validate(config_lib.override(cfg, ["serve.max_sessions=8"]))
+
+
+@pytest.fixture(scope="module")
+def report():
+    _need_libtpu()
+    return aot.compile_plan(_tiny_v5e8())
+
+
+# -- the compile on 8 v5e chips, expert-sharded
+
+
+def test_the_compile_on_v5e8_has_memory_that_adds_up(report):
+    cfg = _tiny_v5e8()
+    shapes = plan_lib.make_plan(cfg, 8)
+    assert (report.num_devices, report.chip.name, report.topology) == (8, "v5e", "v5e:2x4")
+    train, serve = report.programs
+    # the train state is an argument: parameters and both AdamW moments, each as this device's shard
+    state_bytes = shapes.param_bytes_per_device + shapes.optimizer_bytes_per_device
+    assert state_bytes <= train.argument_bytes < 1.5 * state_bytes + 2**20 * 8, (train, shapes)
+    # the state is donated: the new state reuses the old one's buffers
+    assert train.alias_bytes >= state_bytes, train
+    # serving holds the parameters and this device's rows of the cache (8 sessions over 8 chips)
+    cache_bytes = kv_cache.cache_bytes(cfg.model, cfg.serve.max_sessions, cfg.serve.max_len) / 8
+    assert serve.argument_bytes >= shapes.param_bytes_per_device + cache_bytes, (serve, shapes)
+    assert serve.alias_bytes >= cache_bytes, serve  # the cache is donated and comes back in place
+    for p in (train, serve):
+        assert 0 < p.hbm_bytes < report.chip.hbm_gib * aot.GIB
+        assert p.temp_bytes > 0 and p.code_bytes > 0 and p.compile_seconds > 0
+        assert p.flops > 0 and p.bytes_accessed > 0
+    s = cfg.stream
+    tokens = cfg.train.batch_size * random_batch(s, cfg.train.window_chunks, batch=1)["kind"].shape[1]
+    assert train.tokens == tokens
+    assert train.model_flops == aot.model_flops(cfg, shapes.active_params, tokens, train=True) / 8
+
+
+def test_expert_sharding_shows_in_the_collectives(report):
+    train, serve = report.programs
+    # weights over fsdp are gathered for the forward pass, tokens over the expert axis for the MoE
+    assert train.collectives["all-gather"].count > 0 and train.collectives["all-gather"].bytes > 0
+    # gradients are summed over the batch axes
+    assert train.collectives["all-reduce"].bytes + train.collectives["reduce-scatter"].bytes > 0
+    assert serve.collectives["all-gather"].count > 0 and serve.collectives["all-reduce"].count > 0
+
+
+def test_the_table_says_it_is_an_estimate(report):
+    table = report.table()
+    for text in ("ESTIMATES, not measurements", "train step", "serving tick", "HBM arguments", "HBM temporaries"):
+        assert text in table, text
+    for text in ("all-to-all", "est. MFU", "compile time", "v5e:2x4"):
+        assert text in table, text
+
+
+# -- a config that cannot fit
+
+
+def test_a_config_that_does_not_fit_fails_naming_its_biggest_buffers():
+    _need_libtpu()
+    cfg = config_lib.preset("tiny")
+    mesh = dataclasses.replace(config_lib.load_mesh("mesh_configs/cpu-1.yaml"), device_kind="tpu", topology="v5e:2x2")
+    cfg = config_lib.override(dataclasses.replace(cfg, mesh=mesh), ["train.batch_size=4096"])
+    with pytest.raises(aot.DoesNotFit) as e:
+        aot.compile_plan(cfg, programs=("train",))
+    message = str(e.value)
+    assert "train step does not fit in the 16 GiB of HBM of a TPU v5e chip" in message, message
+    assert "biggest buffers" in message
+    # the whole batch's activations dominate: values of 4096 rows, named by the model's module path
+    biggest = message.split("biggest buffers:\n")[1].split("\n")[0]
+    assert "[4096," in biggest and "InteractionModel" in biggest and "intermediate" in biggest, message
+    # and the largest arguments, as one device's shard (4096 rows over 4 chips)
+    assert "uint8[1024,8,40,40,3]  batch['patches']  — argument (per device)" in message, message
+    for knob in ("model.remat", "train.grad_accum", "mesh.axes"):
+        assert knob in message, knob
+
+
+def test_the_fit_check_of_a_compiled_program_counts_every_region():
+    p = aot.ProgramReport("x", 1.0, 10, 6, 4, 5, 2, 0.0, 0.0, {}, 1, 0.0)
+    assert p.hbm_bytes == 10 + 6 - 4 + 5 + 2
+
+
+# -- no libtpu
+
+
+def test_without_libtpu_compile_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(aot, "libtpu_available", lambda: False)
+    with pytest.raises(aot.LibtpuMissing, match=r'pip install -e "\.\[tpu-compile\]"'):
+        aot.compile_plan(config_lib.preset("tiny"))
+
+
+def test_without_libtpu_the_command_fails_with_the_install_line():
+    script = (
+        "import sys\nfrom interaction_jax import aot, cli\naot.libtpu_available = lambda: False\n"
+        "sys.argv = ['interaction-jax', 'plan', '--preset', 'tiny', '--num_devices', '1', '--compile']\ncli.run()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result
+    assert 'pip install -e ".[tpu-compile]"' in result.stderr, result.stderr
+    assert "total parameters" in result.stdout  # the shapes-only plan still prints first
+
+
+# -- topologies
+
+
+def test_a_multislice_mesh_gets_one_topology_per_slice_with_dcn_across_them():
+    _need_libtpu()
+    mesh_cfg = config_lib.load_mesh("mesh_configs/tpu-v5p-128.yaml")
+    devices = aot.topology_devices(mesh_cfg)
+    assert len(devices) == 128 and {d.slice_index for d in devices} == {0, 1}
+    mesh = sharding.make_mesh(mesh_cfg, devices)
+    slices = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+    # the dcn axis (data 2) splits the slices; every other axis stays inside one
+    assert (slices[0] == 0).all() and (slices[1] == 1).all()
+
+
+def test_every_tpu_mesh_config_names_a_chip_with_published_peaks():
+    for name in ("tpu-v5e-8", "tpu-v5e-16", "tpu-v5p-128", "tpu-v5p-1024", "tpu-v6e-256"):
+        mesh_cfg = config_lib.load_mesh(f"mesh_configs/{name}.yaml")
+        chip = aot.chip_of(mesh_cfg.topology)
+        assert name.split("-")[1] == chip.name, name
+        chips = np.prod([int(x) for x in mesh_cfg.topology.split(":")[1].split("x")]) * aot.num_slices(mesh_cfg)
+        assert config_lib.implied_devices(mesh_cfg) == (chips, False), name
+
+
+def test_a_mesh_without_a_topology_is_refused():
+    _need_libtpu()
+    with pytest.raises(config_lib.ConfigError, match=r"mesh\.topology"):
+        aot.topology_devices(config_lib.load_mesh("mesh_configs/cpu-8.yaml"))
+
+
+def test_the_train_batch_has_the_shapes_training_feeds():
+    cfg = config_lib.preset("tiny")
+    batch = aot.train_batch(cfg)
+    real = random_batch(cfg.stream, cfg.train.window_chunks, batch=cfg.train.batch_size)
+    assert batch.pop("task").shape == (cfg.train.batch_size,)
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {k: (v.shape, v.dtype) for k, v in real.items()}
+
+
+# -- the HLO reader
+
+
+HLO = """\
+HloModule m, entry_computation_layout={(f32[64,256]{1,0}, bf16[8,1024]{1,0})->f32[128,256]{1,0}}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %r = f32[] add(%a, %b)
+}
+
+%fused_gather (p0: f32[32,256]) -> f32[128,256] {
+  %p0 = f32[32,256]{1,0} parameter(0)
+  ROOT %all-gather.9 = f32[128,256]{1,0:T(8,128)} all-gather(%p0), replica_groups={{0,1,2,3}}, dimensions={0}
+}
+
+%body (p: (s32[], f32[128,256])) -> (s32[], f32[128,256]) {
+  %p = (s32[], f32[128,256]{1,0}) parameter(0)
+  %x = f32[128,256]{1,0} get-tuple-element(%p), index=1
+  %all-reduce.3 = f32[128,256]{1,0:T(8,128)S(1)} all-reduce(%x), replica_groups={{0,1},{2,3}}, to_apply=%add
+  %s = f32[32,256]{1,0} slice(%all-reduce.3), slice={[0:32], [0:256]}
+  %g = f32[128,256]{1,0} fusion(%s), kind=kCustom, calls=%fused_gather
+  ROOT %t = (s32[], f32[128,256]{1,0}) tuple(%i, %g)
+}
+
+%cond (p: (s32[], f32[128,256])) -> pred[] {
+  %p = (s32[], f32[128,256]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[]{:T(128)} constant(6)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%body2 (q: (s32[], bf16[8,1024])) -> (s32[], bf16[8,1024]) {
+  %q = (s32[], bf16[8,1024]{1,0}) parameter(0)
+  %y = bf16[8,1024]{1,0} get-tuple-element(%q), index=1
+  %collective-permute.1 = bf16[8,1024]{1,0} collective-permute(%y), source_target_pairs={{0,1},{1,0}}
+  ROOT %t2 = (s32[], bf16[8,1024]{1,0}) tuple(%j, %collective-permute.1)
+}
+
+%cond2 (q: (s32[], bf16[8,1024])) -> pred[] {
+  %q = (s32[], bf16[8,1024]{1,0}) parameter(0)
+  ROOT %c = pred[] constant(true)
+}
+
+ENTRY %main (x: f32[64,256], y: bf16[8,1024]) -> f32[128,256] {
+  %x = f32[64,256]{1,0} parameter(0)
+  %y = bf16[8,1024]{1,0} parameter(1)
+  %all-gather-start = (f32[64,256], f32[128,256]) all-gather-start(%x), replica_groups=[2,2]<=[4], dimensions={0}
+  %all-gather-done = f32[128,256]{1,0} all-gather-done(%all-gather-start)
+  %reduce-scatter.2 = bf16[2,1024]{1,0} reduce-scatter(%y), replica_groups={{0,1,2,3}}, dimensions={0}, to_apply=%add
+  %all-to-all.4 = bf16[8,1024]{1,0} all-to-all(%y), replica_groups={{0,1,2,3}}, dimensions={0}
+  %collective-permute-start.5 = (bf16[8,1024], bf16[8,1024], u32[], u32[]) collective-permute-start(%y),\
+ source_target_pairs={{0,1},{1,0}}
+  %collective-permute-done.5 = bf16[8,1024]{1,0} collective-permute-done(%collective-permute-start.5)
+  %w = (s32[], f32[128,256]{1,0}) while(%init), condition=%cond, body=%body
+  %w2 = (s32[], bf16[8,1024]) while(%i2), condition=%cond2, body=%body2, backend_config={"known_trip_count":{"n":"3"}}
+  %all-reduce.8 = (f32[16]{0}, bf16[32]{0}) all-reduce(%x, %y), replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %out = f32[128,256]{1,0} get-tuple-element(%w), index=1
+}
+"""
+
+
+def test_the_collectives_of_a_hand_written_module_count_exactly():
+    got = aot.parse_collectives(HLO)
+    kib128 = 128 * 256 * 4  # one f32[128,256]
+    bf16_8k = 8 * 1024 * 2  # one bf16[8,1024]
+    # all-reduce: 6 trips of the loop body (i < 6) + one tuple all-reduce of 16 f32 and 32 bf16
+    assert got["all-reduce"] == aot.Collective("all-reduce", 7, 6 * kib128 + 16 * 4 + 32 * 2)
+    # all-gather: the async pair once (its gathered result), and the fused one 6 times through the loop
+    assert got["all-gather"] == aot.Collective("all-gather", 7, 7 * kib128)
+    # reduce-scatter: the input it reduces, result × 4 in the group
+    assert got["reduce-scatter"] == aot.Collective("reduce-scatter", 1, 4 * 2 * 1024 * 2)
+    assert got["all-to-all"] == aot.Collective("all-to-all", 1, bf16_8k)
+    # collective-permute: the async pair once, and one in a loop XLA knows runs 3 times
+    assert got["collective-permute"] == aot.Collective("collective-permute", 4, 4 * bf16_8k)
+
+
+def test_shape_bytes_reads_hlo_types():
+    assert aot.shape_bytes("f32[8,128]{1,0:T(8,128)}") == 8 * 128 * 4
+    assert aot.shape_bytes("(bf16[2,3]{1,0}, s8[5]{0}, pred[4]{0})") == 12 + 5 + 4
+    assert aot.shape_bytes("f32[]") == 4
+    assert aot.shape_bytes("u32[]{:S(2)}") == 4
+
+
+# -- the roofline arithmetic
+
+
+def test_step_time_is_the_slower_of_compute_and_hbm():
+    v5e = aot.CHIPS["v5e"]
+    # 1.97e12 FLOPs at 197 TFLOP/s is 10 ms; 4.095e9 bytes at 819 GB/s is 5 ms
+    seconds, bound = aot.roofline_seconds(1.97e12, 4.095e9, v5e)
+    assert (round(seconds, 9), bound) == (0.01, "compute")
+    seconds, bound = aot.roofline_seconds(1.97e10, 8.19e9, v5e)
+    assert (round(seconds, 9), bound) == (0.01, "HBM")
+    assert aot.mfu(0.985e12, 0.01, v5e) == pytest.approx(0.5)
+
+
+def test_model_flops_are_6n_plus_attention_for_training_and_2n_for_serving():
+    cfg = config_lib.preset("tiny")
+    m = cfg.model
+    window = random_batch(cfg.stream, cfg.train.window_chunks, batch=1)["kind"].shape[1]
+    per_token = 6 * 1000 + 12 * m.n_layers * m.n_heads * m.head_dim * window
+    assert aot.model_flops(cfg, 1000, 10, train=True) == 10 * per_token
+    assert aot.model_flops(cfg, 1000, 10, train=False) == 2 * 1000 * 10
