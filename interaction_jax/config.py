@@ -277,6 +277,10 @@ class DataConfig:
     seed: int = 0  # episode seeds, mixture draws and voice assignment all derive from it
     clip_cache: str = ""  # clip bank folder; "" → $INTERACTION_JAX_CACHE/clips or ~/.cache/interaction-jax/clips
     num_workers: int = 0  # grain worker processes (0: in the main process)
+    # Share of training episodes in which the user's camera is off: black frames, nothing visual to react
+    # to (scenarios that need the video keep it on). A voice-only client sends no frames and the server
+    # shows the model black ones; a model that never saw them in training falls silent there.
+    camera_off: float = 0.2
     # Independent data streams the global batch is cut from (each gives batch_size / shards rows per step);
     # process p of P reads shards [p·shards/P, (p+1)·shards/P). 0: one per process. Fix it to keep the
     # exact data order when a run moves to a different number of hosts.
@@ -598,6 +602,7 @@ _MAY_BE_ZERO = frozenset(
         "min_lr_ratio",
         "mel_mean",
         "num_workers",
+        "camera_off",
         "eval_every",
         "behaviour_episodes",
         "shards",
@@ -689,6 +694,8 @@ def validate(cfg: Config, num_devices: int | None = None, purpose: Literal["all"
         )
     if any(w < 0 for w in d.weights) or sum(d.weights) <= 0:
         raise ConfigError("data.weights", f"weights must be >= 0 with a positive sum, got {list(d.weights)}", "")
+    if d.camera_off > 1:
+        raise ConfigError("data.camera_off", f"{d.camera_off} is not a share of episodes", "use a value in [0, 1]")
     kc = cfg.kernels
     if kc.split_size % kc.block_kv:
         raise ConfigError(

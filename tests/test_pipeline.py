@@ -139,3 +139,30 @@ def test_loss_mask_removes_padding_from_the_loss(clips):
     assert float(loss(changed)["text_ce"]) == pytest.approx(float(base["text_ce"]), rel=1e-6)
     unmasked = dict(changed, loss_mask=np.ones_like(batch["loss_mask"]))  # same shapes: no second compile
     assert float(loss(unmasked)["text_ce"]) != pytest.approx(float(base["text_ce"]), rel=1e-3)
+
+
+def test_a_share_of_training_episodes_has_the_camera_off(clips):
+    seeds = [pipeline.episode_seed(CFG.data, "train", i) for i in range(2000)]
+    off = np.mean([pipeline.camera_off(CFG.data, s) for s in seeds])
+    assert abs(off - CFG.data.camera_off) < 0.03 and CFG.data.camera_off == 0.2
+    none = dataclasses.replace(CFG, data=dataclasses.replace(CFG.data, camera_off=0.0))
+    assert not any(pipeline.camera_off(none.data, s) for s in seeds)
+
+    def black(ep):
+        return ep.frames is not None and not ep.frames.any()
+
+    dark = {}
+    for i in range(40):
+        ep = pipeline.make_episode(CFG, "train", i, clips)
+        seed = pipeline.episode_seed(CFG.data, "train", i)
+        assert black(ep) == (pipeline.camera_off(CFG.data, seed) and ep.scenario != "rep_count"), (i, ep.scenario)
+        dark[i] = black(ep)
+        if ep.scenario == "cue_speak" and black(ep):
+            assert {c["kind"] for c in ep.annotations["cues"]} == {"audio"}  # nothing visual to react to
+    assert 0 < sum(dark.values()) < 40
+    # held-out episodes always have the camera on, and camera_off=0 gives the old episodes back
+    assert not any(black(pipeline.make_episode(CFG, "heldout", i, clips)) for i in range(14))
+    for i in [i for i, d in dark.items() if not d][:3]:
+        a, b = pipeline.make_episode(CFG, "train", i, clips), pipeline.make_episode(none, "train", i, clips)
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_array_equal(a.user_audio, b.user_audio)

@@ -371,6 +371,24 @@ def test_spoken_requests_pause_and_the_model_waits_through_the_pauses(name):
     assert paused, f"no {name} utterance pauses"
 
 
+@pytest.mark.parametrize("name", [n for n in SCENARIO_NAMES if n != "rep_count"])
+def test_with_the_camera_off_frames_are_black_and_nothing_is_visual(name):
+    for seed in range(4):
+        ctx = ScenarioContext(CFG, CLIPS, "train", 50, camera=False)
+        ep = make_episode(name, seed, ctx)
+        assert ep.frames is not None and ep.frames.shape[0] == 10 and not ep.frames.any()
+        assert all(c["kind"] == "audio" for c in ep.annotations.get("cues", []))
+        seen = generate(name, seed)[0]  # the same seed with the camera on: the same sound
+        if name != "cue_speak":  # (a visual cue there becomes a beep, so its timing changes)
+            np.testing.assert_array_equal(ep.user_audio, seen.user_audio)
+            assert ep.annotations == seen.annotations
+
+
+def test_rep_count_refuses_a_camera_that_is_off():
+    with pytest.raises(ValueError, match="camera on"):
+        make_episode("rep_count", 0, ScenarioContext(CFG, CLIPS, "train", 50, camera=False))
+
+
 # ----------------------------------------------------------------------------------------------
 # Scenario by scenario
 

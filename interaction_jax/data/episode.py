@@ -53,6 +53,14 @@ class ScenarioContext:
     clips: ClipSource
     split: Split = "train"
     num_chunks: int = 50  # episode length in chunks (10 s at 200 ms)
+    # False: the user's camera is off. With stream.video on the stream still carries frames, all black
+    # (what the server shows a client that sends none), and nothing in the episode is visual.
+    camera: bool = True
+
+    @property
+    def sees(self) -> bool:
+        """Whether there is anything to see: the stream has video and the camera is on."""
+        return self.stream.video and self.camera
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,6 +48,11 @@ def scenario_for(data: DataConfig, seed: int) -> str:
     return data.scenarios[int(rng.choice(len(weights), p=weights / weights.sum()))]
 
 
+def camera_off(data: DataConfig, seed: int) -> bool:
+    """Whether the training episode of `seed` has the user's camera off (a `data.camera_off` share of them)."""
+    return bool(np.random.default_rng([seed, 0xCA3]).random() < data.camera_off)
+
+
 def heldout_scenario(data: DataConfig, index: int) -> str:
     """Held-out episodes cycle through the scenarios in the mix (weight > 0), so any 7·n of them are balanced."""
     active = [name for name, w in zip(data.scenarios, data.weights, strict=True) if w > 0]
@@ -59,10 +64,14 @@ def make_episode(cfg: Config, split: Split, index: int, clips: ClipSource) -> Ep
 
     Training draws each episode's scenario from the `data.weights` mixture; the held-out split cycles
     through them in order (`heldout_scenario`), so a small evaluation set covers every task equally.
+    A `data.camera_off` share of training episodes has the camera off (`camera_off`); held-out ones never.
     """
     seed = episode_seed(cfg.data, split, index)
-    ctx = ScenarioContext(stream=cfg.stream, clips=clips, split=split, num_chunks=cfg.data.episode_chunks)
     name = heldout_scenario(cfg.data, index) if split == "heldout" else scenario_for(cfg.data, seed)
+    camera = split == "heldout" or scenarios.get(name).needs_video or not camera_off(cfg.data, seed)
+    ctx = ScenarioContext(
+        stream=cfg.stream, clips=clips, split=split, num_chunks=cfg.data.episode_chunks, camera=camera
+    )
     return scenarios.make_episode(name, seed, ctx)
 
 

@@ -246,7 +246,7 @@ class EpisodeBuilder:
         self.voice = pick(self.rng, corpus.user_voices(ctx.split))
         self.noise_level = float(np.exp(self.rng.uniform(*np.log(NOISE_LEVELS))))
         self.scene = None
-        if self.cfg.video:
+        if ctx.sees:
             self.scene = video_scene.random_scene(self.scene_rng, self.cfg.frame_height, self.cfg.frame_width)
         self._user = np.zeros(self.total, np.float32)
         self._model = np.zeros(self.total, np.float32)
@@ -410,9 +410,12 @@ class EpisodeBuilder:
         noise = self._noise_rng.standard_normal(self.total).astype(np.float32) * np.float32(self.noise_level)
         user_audio = np.clip(self._user + noise, -1.0, 1.0).astype(np.float32)
         frames = None
-        if self.cfg.video:
+        if self.ctx.sees:
             times = frame_times(self.cfg, self.ctx.num_chunks)
             frames = video_scene.render(self.scene, times, self.cfg.frame_height, self.cfg.frame_width)
+        elif self.cfg.video:  # the camera is off
+            shape = (len(frame_times(self.cfg, self.ctx.num_chunks)), self.cfg.frame_height, self.cfg.frame_width, 3)
+            frames = np.zeros(shape, np.uint8)
         annotations = {
             "user_speech": sorted(self._user_speech),
             "model_speech": sorted(_span(a, b, self.sample_rate) for a, b in self._model_spans),

@@ -3,7 +3,7 @@
 The request is spoken or typed. Some time after it is complete the cue happens: a red square that
 appears at a frame time (perceivable in the chunk that carries that frame), or a 150 ms 1 kHz beep in
 the user's audio (perceivable in the chunk holding its last sample). The model responds from the next
-chunk on, and says nothing before. With video off every cue is a beep. Requests repeat while whole
+chunk on, and says nothing before. With video or the camera off every cue is a beep. Requests repeat while whole
 exchanges fit.
 
 Annotations (beyond those every scenario writes): `cues` [{kind: "visual" | "audio", time,
@@ -67,7 +67,7 @@ class Plan:
 
 
 def _draw(b: EpisodeBuilder, start: int) -> Plan | None:
-    kind = "visual" if b.cfg.video and b.rng.random() < VISUAL_PROBABILITY else "audio"
+    kind = "visual" if b.ctx.sees and b.rng.random() < VISUAL_PROBABILITY else "audio"
     typed = bool(b.rng.random() < TYPED_PROBABILITY)
     request = b.plan_request(pick(b.rng, corpus.user_lines(f"cue_{kind}_request", b.ctx.split)), start, typed)
     response = b.model_clip(pick(b.rng, corpus.CUE_RESPONSES[kind]))

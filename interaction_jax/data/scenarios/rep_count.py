@@ -77,8 +77,10 @@ def _draw(b: EpisodeBuilder) -> Plan | None:
 
 
 def make(seed: int, ctx: ScenarioContext) -> Episode:
-    if not ctx.stream.video:
-        raise ValueError("rep_count needs video (stream.video=true): the repetitions to count are only visible")
+    if not ctx.sees:
+        raise ValueError(
+            "rep_count needs video (stream.video=true) and the camera on: the repetitions to count are only visible"
+        )
     b = EpisodeBuilder(NAME, NUMBER, seed, ctx)
     plan = first_that_fits(_draw, b)
     if plan is None:
