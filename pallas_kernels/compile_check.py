@@ -28,7 +28,6 @@ import importlib.util
 import math
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 
@@ -39,6 +38,7 @@ from pallas_kernels import tpu_tiling
 # One chip of each generation (a 2x2 slice: the smallest the topology API takes), device 0 of it.
 TPU_TOPOLOGIES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1"}
 TRITON_CALL = "__gpu$xla.gpu.triton"
+SM90_SHARED_LIMIT = 232_448  # bytes of shared memory one block may take on an H100 (227 KiB, opted in)
 
 
 def libtpu_available() -> bool:
@@ -183,36 +183,37 @@ def triton_available() -> bool:
 
 
 def triton_resources(kernel: TritonKernel, capability: int = 90) -> dict:
-    """Compile `kernel`'s Triton IR for sm_`capability` with the `triton` wheel (no GPU needed) and run
-    its bundled ptxas with -v on the PTX: registers per thread, spill bytes, stack, shared memory.
+    """Compile `kernel`'s Triton IR for sm_`capability` with the `triton` wheel (no GPU needed) and read
+    what its ptxas run reports (`-v`): registers per thread, spill bytes, stack frame; and the shared
+    memory Triton allocates. The compile is forced (no cache) so ptxas runs and its log is captured.
 
     Advisory: XLA compiles the same IR with its own Triton fork, whose passes may differ."""
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # XLA fuses multiply-adds too
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
+    import contextlib
+    import io
 
-    with tempfile.TemporaryDirectory() as tmp:
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        for group in (knobs.compilation, knobs.nvidia, knobs.cache):
+            stack.enter_context(group.scope())
+        knobs.compilation.always_compile = True
+        knobs.cache.dir = tmp
+        knobs.nvidia.dump_ptxas_log = True  # ptxas's -v log, printed by Triton
         source = os.path.join(tmp, f"{kernel.name}.ttir")
         with open(source, "w") as f:
             f.write(kernel.ttir)
-        options = {"num_warps": kernel.num_warps, "num_stages": kernel.num_stages}
-        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
-        ptx = os.path.join(tmp, f"{kernel.name}.ptx")
-        with open(ptx, "w") as f:
-            f.write(compiled.asm["ptx"])
-        arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
-        log = subprocess.run(
-            [get_ptxas(capability).path, "-v", f"--gpu-name={arch}", ptx, "-o", os.path.join(tmp, "out.cubin")],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stderr
+        # fused multiply-adds on, as XLA compiles them (and Triton 3.9 warns when it is left unset)
+        options = {"num_warps": kernel.num_warps, "num_stages": kernel.num_stages, "enable_fp_fusion": True}
+        with contextlib.redirect_stdout(io.StringIO()) as log:
+            compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+    log = log.getvalue()
 
     def read(pattern):
         found = re.search(pattern, log)
         if found is None:
-            raise ValueError(f"ptxas -v for {kernel.name}: no {pattern!r} in\n{log}")
+            raise ValueError(f"ptxas -v for {kernel.name}: no {pattern!r} in {log!r}")
         return int(found.group(1))
 
     return {
@@ -272,6 +273,8 @@ def _main() -> None:
                         f"{facts['registers']} registers, spills {facts['spill stores']} B stored / "
                         f"{facts['spill loads']} B loaded, stack {facts['stack']} B, shared {facts['shared']:,} B"
                     )
+                    if facts["shared"] > SM90_SHARED_LIMIT:
+                        cell += f" (past the {SM90_SHARED_LIMIT:,} B an sm_90 block may take)"
                 except Exception as error:  # advisory: report what fails, keep going
                     cell = f"FAILS {type(error).__name__}: {str(error).splitlines()[0][:160]}"
                 print(

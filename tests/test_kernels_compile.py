@@ -108,6 +108,36 @@ def test_the_tpu_compile_refuses_a_pipeline_past_the_scoped_vmem():
     assert size == round(call["vmem bytes"] / 2**20, 2) > limit, (size, call)
 
 
+def test_the_cuda_lowering_embeds_each_kernels_triton_ir():
+    """`triton_kernels` reads back what XLA would compile: one Triton module per `pallas_call`, with the
+    launch the GPU variant asked for."""
+    case = _case("moe_gemv decode bf16")
+    kernels = compile_check.triton_kernels(compile_check.lower_cuda(case.gpu, case.specs))
+    assert [k.name for k in kernels] == ["moe_expert_matmul", "moe_expert_matmul", "moe_combine"]
+    assert all(f"tt.func public @{k.name}" in k.ttir for k in kernels), [k.ttir[:200] for k in kernels]
+    # (T·k = 8 programs, F / block_k and D / block_k column blocks), then one program per token
+    assert [k.grid for k in kernels] == [(8, 8, 1), (8, 32, 1), (1, 1, 1)]
+    assert [(k.num_warps, k.num_stages) for k in kernels] == [(4, 3), (4, 3), (4, 2)]
+
+
+def _need_triton():
+    pytest.importorskip("triton", reason="no triton wheel (pip install -e '.[gpu-compile]'): no sm_90 compile")
+
+
+def test_triton_compiles_the_lowered_kernels_for_sm90_and_reports_spills():
+    """The embedded Triton IR compiles for sm_90 with the triton wheel, and ptxas's register and spill
+    counts are read: the bf16 decode matmul tile at 8 warps does not spill; at 1 warp it must."""
+    _need_triton()
+    case = _case("bi_matmul decode bf16")
+    (kernel,) = compile_check.triton_kernels(compile_check.lower_cuda(case.gpu, case.specs))
+    assert (kernel.name, kernel.num_warps, kernel.num_stages) == ("bi_matmul", 8, 3)
+    facts = compile_check.triton_resources(kernel)
+    assert 0 < facts["registers"] <= 255 and facts["spill stores"] == facts["spill loads"] == 0, facts
+    assert 0 < facts["shared"] <= compile_check.SM90_SHARED_LIMIT, facts
+    squeezed = compile_check.triton_resources(dataclasses.replace(kernel, num_warps=1))
+    assert squeezed["registers"] == 255 and squeezed["spill stores"] > 0 and squeezed["stack"] > 0, squeezed
+
+
 # The checks must be able to fail: kernels the interpreter accepts but the real compilers refuse.
 
 

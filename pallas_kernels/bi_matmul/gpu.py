@@ -37,7 +37,11 @@ def bi_matmul(x, w, *, bm, bn, bk, out_dtype, interpret=False):
         in_specs=[pl.BlockSpec((bm, k), lambda i, j: (i, 0)), pl.BlockSpec((k, bn), lambda i, j: (0, j))],
         out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
         out_shape=jax.ShapeDtypeStruct((m, n), out_dtype),
-        compiler_params=gpu_params.triton(num_warps=4, num_stages=3),
+        # 8 warps: a 128 × 128 float32 accumulator over 4 warps is 128 registers a thread, and the bf16
+        # decode tile then needs 255 and spills (`compile_check --triton-regs`); 8 take 160, no spills.
+        # 3 stages of 128 × 128 bf16 tiles are 192 KiB of shared memory; float32 takes 2 (128 KiB), as
+        # 3 (256 KiB) pass an H100 block's 227 KiB.
+        compiler_params=gpu_params.triton(num_warps=8, num_stages=3 if jnp.dtype(x.dtype).itemsize <= 2 else 2),
         interpret=interpret,
         name="bi_matmul",
     )(x, w)

@@ -62,7 +62,8 @@ def split_kv_attention(q, k, v, positions, kv_lengths, *, split_size, block_kv, 
             jax.ShapeDtypeStruct((b, hkv, n_tiles, ns, rows, 1), f32),
             jax.ShapeDtypeStruct((b, hkv, n_tiles, ns, rows, d), f32),
         ],
-        compiler_params=gpu_params.triton(num_warps=4, num_stages=2),
+        # float32 K/V splits double-buffered are 256 KiB of shared memory, past an H100 block's 227 KiB
+        compiler_params=gpu_params.triton(num_warps=4, num_stages=2 if jnp.dtype(k.dtype).itemsize <= 2 else 1),
         interpret=interpret,
         name="split_kv_attention_splits",
     )(tile_limit, row_limit, q_tiles, k, v)
