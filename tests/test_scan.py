@@ -253,3 +253,21 @@ def test_presets_scan_the_large_models_and_remat_names_are_checked():
     assert transformer.REMAT_POLICIES["full"] is transformer.REMAT_POLICIES["block"] is None
     with pytest.raises(config_lib.ConfigError, match=r"model\.remat"):
         config_lib.override(UNROLLED, ["model.remat=everything"])
+
+
+@pytest.mark.slow
+def test_bitwise_alignment_holds_for_the_scanned_model():
+    """`kernels.alignment=bitwise` through the layer scan: serving ticks on the stacked cache give the
+    training window's logits bit for bit (as `test_alignment` checks unrolled); with XLA's ops the two
+    differ (the control)."""
+    from tests.test_alignment import BASE
+
+    scanned = config_lib.override(BASE, ["model.n_layers=2", "model.scan_layers=true"])
+    params = step_lib.init_params(scanned, jax.random.key(0))
+    window, chunked = window_and_chunked_text_logits(
+        config_lib.validate(config_lib.override(scanned, ["kernels.alignment=bitwise"])), params
+    )
+    np.testing.assert_array_equal(chunked, window)
+    window, chunked = window_and_chunked_text_logits(config_lib.validate(scanned), params)
+    np.testing.assert_allclose(chunked, window, rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(chunked, window)
