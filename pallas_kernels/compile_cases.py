@@ -4,7 +4,8 @@ Realistic sizes, few cases: compile time barely depends on the sizes, but each c
 per target. Attention: B 4, 32 query / 8 KV heads of 128, an 8k cache, decode (T 1) and prefill
 (T 128), and the `tml-small-shape` heads (40 / 8: a group of 5, not a power of two) in float32. The
 matmul and the norm at the model's widths (4096, and the 5120 of `tml-small-shape`); MoE with E 64,
-k 8, D 4096, F 1024 at decode (T 1: gemv) and prefill (T 64: gmm, past the gemv bound of 32). Each
+k 8, D 4096, F 1024 at decode (T 1: gemv) and prefill (T 64: gmm, past the gemv bound of 32), and
+`tml-small-shape`'s D 5120, F 1440 at decode (E 64 of its 256: the kernels do not depend on E). Each
 case names the GPU and TPU variant and the XLA reference it is measured against.
 """
 
@@ -134,4 +135,6 @@ CASES = (
     _norm("rms_norm tml f32", m=8, d=5120, dtype=F32),
     _moe("moe_gemv decode bf16", t=1, e=64, k=8, d=4096, f=1024, dtype=BF16, dispatch="gemv"),
     _moe("moe_gmm prefill bf16", t=64, e=64, k=8, d=4096, f=1024, dtype=BF16, dispatch="gmm"),
+    # `tml-small-shape`'s experts: D 5120, F 1440 (not a multiple of 128: zero-padded inside the kernels)
+    _moe("moe_gemv tml decode bf16", t=1, e=64, k=8, d=5120, f=1440, dtype=BF16, dispatch="gemv"),
 )

@@ -51,19 +51,23 @@ def tiles(
     vmem: Callable[[int, int], int],
     budget: int = VMEM_BUDGET,
     min_column_steps: int = 1,
+    pad_k: bool = False,
 ) -> tuple[int, int]:
     """(tn, tk): the tiles of a [K, N] weight that take the fewest grid steps (⌈N/tn⌉ · K/tk) with
     `vmem(tn, tk)` within `budget`; among equals, the widest tn (whole rows are contiguous in HBM).
 
-    tk is a multiple of `k_unit` dividing K (or, if K is not a multiple of k_unit, the whole K); tn a
-    multiple of `n_unit` dividing N rounded up to n_unit (a ragged N has one partial edge block),
+    tk is a multiple of `k_unit` dividing K (if K is not a multiple of k_unit: the whole K, or with
+    `pad_k` one dividing K rounded up to k_unit, for a kernel that masks the reduction's ragged end);
+    tn a multiple of `n_unit` dividing N rounded up to n_unit (a ragged N has one partial edge block),
     leaving at least `min_column_steps` column blocks where N allows it (on a v5p the two
     TensorCores split the parallel grid axes). If nothing fits, the smallest of them."""
     n_padded = -(-n // n_unit) * n_unit
     column = _candidates(n_padded, n_unit)
     column = [t for t in column if n_padded // t >= min_column_steps] or column[-1:]
-    reduce = _candidates(k, k_unit) if k % k_unit == 0 else [k]
-    fits = [(n_padded // tn * (k // tk), -tn, -tk) for tn in column for tk in reduce if vmem(tn, tk) <= budget]
+    k_padded = -(-k // k_unit) * k_unit if pad_k else k
+    reduce = _candidates(k_padded, k_unit) if k_padded % k_unit == 0 else [k]
+    steps = lambda tn, tk: -(-n // tn) * -(-k // tk)
+    fits = [(steps(tn, tk), -tn, -tk) for tn in column for tk in reduce if vmem(tn, tk) <= budget]
     if not fits:
         return column[-1], reduce[-1]
     _, tn, tk = min(fits)

@@ -139,7 +139,7 @@ def test_non_local_experts_contribute_exactly_zero(implementation):
 
 def test_bad_shapes_are_refused():
     x, ids, weights, w_gate, w_up, w_down = _case(0, 4, 4, 2)
-    with pytest.raises(ValueError, match="multiples of block_k"):
+    with pytest.raises(ValueError, match=r"D \(128\) must be a multiple of block_k"):
         api.moe_gemv(x, ids, weights, w_gate, w_up, w_down, config=api.MoEConfig(block_k=96))
     with pytest.raises(ValueError, match="both be"):
         api.moe_gmm(x, ids, weights[:, :1], w_gate, w_up, w_down)
@@ -193,3 +193,28 @@ def test_tpu_tiles_come_from_the_weights_and_keep_the_bits(monkeypatch):
     for op in (api.moe_gemv_slots, api.moe_gmm_slots):
         narrow = op(*args, config=config, implementation="interpret_tpu")
         assert_bitwise(wide[op], narrow, f"{op.__name__}: shape-chosen tiles vs 128 × 128")
+
+
+@pytest.mark.parametrize("implementation", [*CPU_IMPLEMENTATIONS, *DEVICE])
+def test_an_expert_width_off_the_block_is_zero_padded_exactly(implementation):
+    """F = 200 is no multiple of block_k (`tml-small-shape` has 1440): the kernels compute as if the
+    weights were zero-padded to one, bit for bit, without copying them (gemv and gmm alike)."""
+    rng = np.random.default_rng(7)
+    t, e, k, f = 6, 4, 2, 200
+    config = _config(implementation)
+    f_padded = -(-f // config.block_k) * config.block_k
+    x = rng.standard_normal((t, D)).astype(np.float32)
+    w_gate, w_up = ((0.1 * rng.standard_normal((e, D, f))).astype(np.float32) for _ in range(2))
+    w_down = (0.1 * rng.standard_normal((e, f, D))).astype(np.float32)
+    ids = np.stack([rng.choice(e, k, replace=False) for _ in range(t)]).astype(np.int32)
+    weights = rng.random((t, k)).astype(np.float32)
+    pad = ((0, 0), (0, 0), (0, f_padded - f))
+    padded = (np.pad(w_gate, pad), np.pad(w_up, pad), np.pad(w_down, ((0, 0), (0, f_padded - f), (0, 0))))
+    want = np.asarray(reference.dense_reference(x, ids, weights, w_gate, w_up, w_down))
+    kw = {"config": config, "implementation": implementation}
+    got = {}
+    for op in (api.moe_gemv, api.moe_gmm):
+        got[op] = np.asarray(op(x, ids, weights, w_gate, w_up, w_down, **kw))
+        np.testing.assert_allclose(got[op], want, rtol=1e-5, atol=1e-5, err_msg=op.__name__)
+        assert_bitwise(got[op], op(x, ids, weights, *padded, **kw), f"{op.__name__}: F {f} vs zero-padded {f_padded}")
+    assert_bitwise(got[api.moe_gemv], got[api.moe_gmm], "gemv vs gmm")

@@ -7,7 +7,9 @@ x [T, D]; expert_ids int [T, k]; weights [T, k] (routing); w_gate, w_up [E, D, F
 Both return float32 [T, D] and compute each (token, slot) with the same operations on tiles of the
 same shape (`MoEConfig.block_rows` rows, reductions in `block_k` blocks in order), then combine the k
 slots in order in float32: a token's result is bit-identical whichever kernel computed it, and does
-not depend on the other tokens or their order. D and F must be multiples of block_k.
+not depend on the other tokens or their order. D must be a multiple of block_k; an F that is not
+(`tml-small-shape`'s 1440) is treated as zero-padded to one inside the kernels, exactly (the padding
+adds nothing), without copying the weights.
 
 Each is two steps, public for expert parallelism: `moe_gemv_slots` / `moe_gmm_slots` give the
 unweighted slot outputs [T, k, D], and `moe_combine` weights and sums them. An expert id outside
@@ -166,8 +168,8 @@ def _check(op, x, expert_ids, w_gate, w_up, w_down, config):
         )
     if expert_ids.ndim != 2 or expert_ids.shape[0] != x.shape[0]:
         raise ValueError(f"{op}: expert_ids must be [T, k] for x [T, D]; got {expert_ids.shape} for {x.shape}")
-    if d % config.block_k or f % config.block_k:
-        raise ValueError(f"{op}: D ({d}) and F ({f}) must be multiples of block_k ({config.block_k})")
+    if d % config.block_k:
+        raise ValueError(f"{op}: D ({d}) must be a multiple of block_k ({config.block_k})")
 
 
 def _slots_op(op, variants, config, implementation):

@@ -41,6 +41,8 @@ def _kernel(expert_ref, row_ref, live_ref, x_ref, *refs, block_rows, block_k, re
     p, n = pl.program_id(0), pl.program_id(1)
     live = live_ref[p] != 0
     rows = o_ref.shape[0]
+    k_dim, n_dim = w_refs[0].shape[1:]
+    ragged_k, ragged_n = k_dim % block_k != 0, n_dim % block_k != 0  # F = 1440: zero-padded, as the spec
 
     @pl.when(live)
     def _():
@@ -48,18 +50,39 @@ def _kernel(expert_ref, row_ref, live_ref, x_ref, *refs, block_rows, block_k, re
         columns = pl.ds(pl.multiple_of(n * block_k, block_k), block_k)
         # gmm: the tile's block_rows rows, the rest of the dot's rows masked to zero (never read)
         in_tile = jax.lax.broadcasted_iota(jnp.int32, (rows, block_k), 0) < block_rows
+        square = functools.partial(jax.lax.broadcasted_iota, jnp.int32, (block_k, block_k))
+        in_columns = n * block_k + square(1) < n_dim
 
         def step(kb, accs):
             lo = pl.ds(pl.multiple_of(kb * block_k, block_k), block_k)
+
+            def in_k(shape):  # the reduction's columns that are inside K
+                return kb * block_k + jax.lax.broadcasted_iota(jnp.int32, shape, 1) < k_dim
+
             if repeat_row:
-                tile = jnp.broadcast_to(x_ref[pl.ds(row_ref[p], 1), lo], (rows, block_k))
+                if ragged_k:
+                    row = pltriton.load(x_ref.at[pl.ds(row_ref[p], 1), lo], mask=in_k((1, block_k)), other=0)
+                else:
+                    row = x_ref[pl.ds(row_ref[p], 1), lo]
+                tile = jnp.broadcast_to(row, (rows, block_k))
             else:
-                tile = pltriton.load(x_ref.at[pl.ds(row_ref[p] * block_rows, rows), lo], mask=in_tile, other=0)
+                mask = in_tile & in_k((rows, block_k)) if ragged_k else in_tile
+                tile = pltriton.load(x_ref.at[pl.ds(row_ref[p] * block_rows, rows), lo], mask=mask, other=0)
             dot = functools.partial(jnp.dot, preferred_element_type=jnp.float32, precision=for_operands(tile.dtype))
-            return tuple(acc + dot(tile, w_ref[e, lo, columns]) for acc, w_ref in zip(accs, w_refs, strict=True))
+
+            def weights(w_ref):
+                if not (ragged_k or ragged_n):
+                    return w_ref[e, lo, columns]
+                mask = in_columns if ragged_n else None
+                if ragged_k:
+                    rows_in = kb * block_k + square(0) < k_dim
+                    mask = rows_in if mask is None else mask & rows_in
+                return pltriton.load(w_ref.at[e, lo, columns], mask=mask, other=0)
+
+            return tuple(acc + dot(tile, weights(w_ref)) for acc, w_ref in zip(accs, w_refs, strict=True))
 
         zeros = tuple(jnp.zeros((rows, block_k), jnp.float32) for _ in w_refs)
-        accs = jax.lax.fori_loop(0, x_ref.shape[1] // block_k, step, zeros)
+        accs = jax.lax.fori_loop(0, pl.cdiv(k_dim, block_k), step, zeros)
         o_ref[...] = epilogue(accs, silu).astype(o_ref.dtype)
 
     @pl.when(jnp.logical_not(live))
@@ -76,11 +99,12 @@ def expert_matmul(x, weights, expert, row, live, *, out_dtype, silu, repeat_row,
     (Triton cannot slice a value); the rows that are not the tile's are dropped here.
     """
     n_programs, n_dim = expert.shape[0], weights[0].shape[2]
+    n_padded = pl.cdiv(n_dim, block_k) * block_k  # a ragged N (F = 1440) is computed padded, then cut
     rows = dot_rows(block_rows)
     kernel = functools.partial(_kernel, block_rows=block_rows, block_k=block_k, repeat_row=repeat_row, silu=silu)
     out = pl.pallas_call(
         kernel,
-        grid=(n_programs, n_dim // block_k),
+        grid=(n_programs, n_padded // block_k),
         in_specs=[
             _whole(expert.shape),
             _whole(row.shape),
@@ -89,13 +113,17 @@ def expert_matmul(x, weights, expert, row, live, *, out_dtype, silu, repeat_row,
             *(_whole(w.shape) for w in weights),
         ],
         out_specs=pl.BlockSpec((None, rows, block_k), lambda p, n: (p, 0, n)),
-        out_shape=jax.ShapeDtypeStruct((n_programs, rows, n_dim), out_dtype),
+        out_shape=jax.ShapeDtypeStruct((n_programs, rows, n_padded), out_dtype),
         compiler_params=gpu_params.triton(num_warps=4, num_stages=3),
         interpret=interpret,
         name="moe_expert_matmul",
     )(expert, row, live, x, *weights)
+    out = out[..., :n_dim] if n_padded != n_dim else out
     return out[:, 0] if repeat_row else out[:, :block_rows].reshape(-1, n_dim)
 
 
 def combine(y, weights, *, interpret=False):
-    return combine_call(y, weights, block_tokens=1, compiler_params=gpu_params.triton(), interpret=interpret)
+    chunk = min(y.shape[2] & -y.shape[2], 4096)  # the largest power of two dividing D (Triton's tensors)
+    return combine_call(
+        y, weights, block_tokens=1, chunk=chunk, compiler_params=gpu_params.triton(), interpret=interpret
+    )

@@ -3,8 +3,9 @@
 FFN_e(x) = (silu(x · Wg[e]) ⊙ (x · Wu[e])) · Wd[e], with x [T, D], Wg, Wu [E, D, F], Wd [E, F, D].
 The matmuls run in x's dtype on block_k × block_k tiles of the weights: each block_k-wide column
 block of a product accumulates in float32 the [rows, block_k] @ [block_k, block_k] products along
-the reduction (D for the first two, F for the last), in order. The hidden h is cast back to x's
-dtype; the k slots are combined in float32, slot 0 first. The result is float32 [T, D].
+the reduction (D for the first two, F for the last), in order; an F that is not a multiple of
+block_k is zero-padded to one, which adds exactly nothing. The hidden h is cast back to x's dtype;
+the k slots are combined in float32, slot 0 first. The result is float32 [T, D].
 
 An assignment whose expert id is outside [0, E) is not computed and its slot output is exactly zero:
 under expert parallelism each shard holds E/ep experts and passes ids relative to its first one, so
@@ -19,15 +20,19 @@ import jax.numpy as jnp
 
 def blocked_dot(a: jax.Array, b: jax.Array, block_k: int) -> jax.Array:
     """a [R, K] @ b [K, N] in float32, one block_k-wide column block at a time, each accumulated over
-    K in blocks of block_k, in order (K and N multiples of block_k): the kernels' tiling."""
+    K in blocks of block_k, in order: the kernels' tiling. A K or N that is not a multiple of block_k
+    is zero-padded to one (the padding adds exactly nothing; the padded columns are dropped)."""
+    n = b.shape[1]
+    a = jnp.pad(a, ((0, 0), (0, -a.shape[1] % block_k)))
+    b = jnp.pad(b, ((0, -b.shape[0] % block_k), (0, -n % block_k)))
     columns = []
-    for n in range(0, b.shape[1], block_k):
+    for c in range(0, b.shape[1], block_k):
         acc = jnp.zeros((a.shape[0], block_k), jnp.float32)
         for lo in range(0, a.shape[1], block_k):
-            tile = b[lo : lo + block_k, n : n + block_k]
+            tile = b[lo : lo + block_k, c : c + block_k]
             acc = acc + jnp.dot(a[:, lo : lo + block_k], tile, preferred_element_type=jnp.float32)
         columns.append(acc)
-    return jnp.concatenate(columns, axis=1)
+    return jnp.concatenate(columns, axis=1)[:, :n]
 
 
 def ffn(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array, block_k: int) -> jax.Array:

@@ -33,7 +33,7 @@ def _interpret(interpret: bool) -> dict:
     return {"interpret": pltpu.InterpretParams()} if interpret else {}
 
 
-def _kernel(expert_ref, row_ref, live_ref, x_ref, *refs, n_weights, block_rows, block_k, repeat_row, silu):
+def _kernel(expert_ref, row_ref, live_ref, x_ref, *refs, n_weights, block_rows, block_k, repeat_row, silu, k_dim):
     del expert_ref, row_ref
     w_refs, o_ref, acc_refs = refs[:n_weights], refs[n_weights], refs[n_weights + 1 :]
     live = live_ref[pl.program_id(0)] != 0
@@ -47,14 +47,21 @@ def _kernel(expert_ref, row_ref, live_ref, x_ref, *refs, n_weights, block_rows, 
     @pl.when(live)
     def _():
         dot = functools.partial(jnp.dot, preferred_element_type=jnp.float32, precision=for_operands(x_ref.dtype))
+        tk = x_ref.shape[-1]
+        ragged = k_dim % tk != 0  # the last K tile runs past K: what it reads there is not data
         for acc, w in zip(acc_refs, w_refs, strict=True):
             for c in range(0, w.shape[1], block_k):  # the spec's block_k-wide column blocks
                 s = acc[:, c : c + block_k]
-                for lo in range(0, x_ref.shape[-1], block_k):  # each adding its block_k blocks in order
-                    tile = x_ref[:, lo : lo + block_k]
+                for lo in range(0, tk, block_k):  # each adding its block_k blocks in order
+                    tile, w_block = x_ref[:, lo : lo + block_k], w[lo : lo + block_k, c : c + block_k]
+                    if ragged:  # zero-pad the reduction past K, as the spec does; skip blocks wholly past it
+                        left = k_dim - kb * tk - lo
+                        tile = jnp.where(jax.lax.broadcasted_iota(jnp.int32, tile.shape, 1) < left, tile, 0)
+                        w_block = jnp.where(jax.lax.broadcasted_iota(jnp.int32, w_block.shape, 0) < left, w_block, 0)
                     if repeat_row:
                         tile = jnp.broadcast_to(tile, (block_rows, block_k))
-                    s = s + dot(tile, w[lo : lo + block_k, c : c + block_k])
+                    total = s + dot(tile, w_block)
+                    s = jnp.where(left > 0, total, s) if ragged else total
                 acc[:, c : c + block_k] = s
 
     @pl.when(kb == pl.num_programs(2) - 1)
@@ -74,7 +81,7 @@ def expert_tiles(k: int, n: int, *, n_weights: int, block_rows: int, block_k: in
         return 2 * sum(tpu_tiling.vmem_bytes(*b) for b in blocks) + scratch
 
     unit = tpu_tiling.unit(block_k)
-    return tpu_tiling.tiles(k, n, k_unit=unit, n_unit=unit, vmem=vmem)
+    return tpu_tiling.tiles(k, n, k_unit=unit, n_unit=unit, vmem=vmem, pad_k=k % block_k != 0)
 
 
 def expert_matmul(
@@ -93,11 +100,11 @@ def expert_matmul(
         w_dtype=weights[0].dtype,
         out_dtype=out_dtype,
     )
-    if tk % block_k or k_dim % tk or tn % block_k or n_dim % tn:
-        raise ValueError(
-            f"tiles ({tn}, {tk}) must be multiples of block_k ({block_k}) dividing N ({n_dim}), K ({k_dim})"
-        )
-    n_k, n_n = k_dim // tk, n_dim // tn
+    if tk % block_k or tn % block_k:
+        raise ValueError(f"tiles ({tn}, {tk}) must be multiples of block_k ({block_k})")
+    # a ragged N (F = 1440) ends in a partial column tile (its extra columns are dropped on writing), a
+    # ragged K in a partial reduction tile, masked in the kernel
+    n_k, n_n = pl.cdiv(k_dim, tk), pl.cdiv(n_dim, tn)
 
     def weight_block(p, n, kb, expert, row, live):
         # not live: stay on the block the previous program ended on (its last column and K block)
@@ -113,7 +120,13 @@ def expert_matmul(
         out_spec = pl.BlockSpec((block_rows, tn), lambda p, n, kb, expert, row, live: (p, n))
         out_shape = (n_programs * block_rows, n_dim)
     kernel = functools.partial(
-        _kernel, n_weights=len(weights), block_rows=block_rows, block_k=block_k, repeat_row=repeat_row, silu=silu
+        _kernel,
+        n_weights=len(weights),
+        block_rows=block_rows,
+        block_k=block_k,
+        repeat_row=repeat_row,
+        silu=silu,
+        k_dim=k_dim,
     )
     out = pl.pallas_call(
         kernel,
