@@ -88,26 +88,35 @@ def scanned_groups(cfg: ModelConfig) -> int:
 
 
 class BlockGroup(nn.Module):
-    """`group_size` consecutive blocks: the body of the layer scan (carry: the hidden states)."""
+    """`group_size` consecutive blocks: the body of the layer scan over groups.
+
+    The carry is (hidden states, the stacked KV cache): each layer reads its [B, S, Hkv, Dh] slice and
+    writes it back in place (`dynamic_update_slice` on the loop's own buffer), so a serving tick holds
+    one cache, not a scanned input and a scanned output. Each block sees only its slice (under remat
+    too: what a block saves is its own layer's cache, never the stack).
+    """
 
     cfg: ModelConfig
     kernels: KernelsConfig = kernels_lib.FAST
 
     @nn.compact
-    def __call__(self, x, layer_caches, positions, slots, token_mask):
+    def __call__(self, carry, group, positions, slots, token_mask):
         c = self.cfg
+        x, stacked = carry
         block = block_class(c, scanned=True)
-        caches, aux = [], []
+        aux = []
         for j in range(group_size(c)):
-            layer_cache = {n: a[j] for n, a in layer_caches.items()}
+            layer = group * group_size(c) + j
+            layer_cache = {k: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False) for k, a in stacked.items()}
             # Layer g·n + j is dense exactly when layer j is: the pattern repeats every n layers.
             x, layer_cache, layer_aux = block(c, is_dense_layer(c, j), self.kernels, name=f"block{j}")(
                 x, positions, slots, token_mask, layer_cache
             )
-            caches.append(layer_cache)
+            stacked = {k: jax.lax.dynamic_update_index_in_dim(a, layer_cache[k], layer, 0) for k, a in stacked.items()}
             if layer_aux:
                 aux.append(layer_aux)
-        return x, ({n: jnp.stack([lc[n] for lc in caches]) for n in ("k", "v")}, aux)
+        stacked = {k: nn.with_logical_constraint(a, kv_cache.STACKED_CACHE_AXES) for k, a in stacked.items()}
+        return (x, stacked), aux
 
 
 def _moe_totals(aux: list[dict]) -> dict:
@@ -155,21 +164,15 @@ class InteractionModel(nn.Module):
                 layers.append(layer_cache)
                 aux.append(layer_aux)
             return self.final_norm(x).astype(jnp.float32), tuple(layers), _moe_totals([a for a in aux if a])
-        stacked, aux, parts = cache["layers"], [], []
-        g, n = scanned_groups(self.model), group_size(self.model)
+        stacked, aux = cache["layers"], []
+        g = scanned_groups(self.model)
         if g:
-            xs = {k: a[: g * n].reshape(g, n, *a.shape[1:]) for k, a in stacked.items()}
-            x, (ys, aux) = self.layers(x, xs, positions, slots, token_mask)
-            parts.append({k: a.reshape(g * n, *a.shape[2:]) for k, a in ys.items()})
-        rest = []
-        for i, block in enumerate(self.blocks, start=g * n):
+            (x, stacked), aux = self.layers((x, stacked), jnp.arange(g), positions, slots, token_mask)
+        for i, block in enumerate(self.blocks, start=g * group_size(self.model)):  # the leftover layers
             x, layer_cache, layer_aux = block(x, positions, slots, token_mask, {k: a[i] for k, a in stacked.items()})
-            rest.append(layer_cache)
+            stacked = {k: a.at[i].set(layer_cache[k]) for k, a in stacked.items()}
             aux += [layer_aux] if layer_aux else []
-        if rest:
-            parts.append({k: jnp.stack([lc[k] for lc in rest]) for k in ("k", "v")})
-        layers = {k: jnp.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in ("k", "v")}
-        layers = {k: nn.with_logical_constraint(a, kv_cache.STACKED_CACHE_AXES) for k, a in layers.items()}
+        layers = {k: nn.with_logical_constraint(a, kv_cache.STACKED_CACHE_AXES) for k, a in stacked.items()}
         return self.final_norm(x).astype(jnp.float32), layers, _moe_totals(aux)
 
     def text_logits(self, hidden: jax.Array) -> jax.Array:
