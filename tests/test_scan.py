@@ -292,3 +292,28 @@ def test_a_scanned_serving_tick_updates_the_stacked_cache_in_place():
     whole = kv_cache.cache_bytes(UNROLLED.model, 2, 2048)
     unrolled, scanned = temp_bytes(UNROLLED), temp_bytes(SCANNED)
     assert scanned < unrolled + whole // 2, (scanned, unrolled, whole)
+
+
+def test_the_serving_engine_runs_the_scanned_model_like_the_unrolled_one(params):
+    """`serve.engine.Engine` on the stacked cache: a session opened, closed and reopened in its slot
+    (the reset of the row's counters) gets the unrolled engine's outputs."""
+    from interaction_jax.serve.engine import ChunkInput, Engine
+    from interaction_jax.testing import random_chunks
+
+    s = UNROLLED.stream
+    chunks = random_chunks(s, 0, 3, seed=7)
+
+    def run(cfg, p):
+        engine = Engine(cfg, p, max_sessions=2, max_len=256)
+        outputs = []
+        for session in range(2):
+            slot = engine.open(seed=session)
+            outputs += [engine.tick({slot: ChunkInput(c.audio_in, c.text_in)})[slot] for c in chunks]
+            engine.close(slot)
+        return outputs
+
+    want, got = run(UNROLLED, params[0]), run(SCANNED, params[1])
+    for w, g in zip(want, got, strict=True):
+        assert g.chunk == w.chunk
+        np.testing.assert_array_equal(g.text, w.text)
+        np.testing.assert_allclose(g.mel, w.mel, rtol=1e-4, atol=1e-4)
