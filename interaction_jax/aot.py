@@ -10,7 +10,8 @@ says of the program per device: memory, FLOPs, bytes accessed and the collective
 which a roofline step time and MFU are *estimated* against the chip's published peaks.
 
 Every report is a frozen dataclass built by pure functions of (config, compiled program), so the same
-config under two settings compares in one call (`compare`, `plan --compare model.remat=none,block`).
+config under two settings compares in one call (`compare`; e.g. scanned vs unrolled layers:
+`plan --compile --programs train --compare model.scan_layers=false,true`).
 """
 
 from __future__ import annotations
@@ -414,17 +415,25 @@ def intermediate_buffers(jaxpr: Any, limit: int = 5) -> list[Buffer]:
     return sorted(found.values(), key=lambda b: -b.bytes)[:limit]
 
 
-def _buffers_text(buffers: Sequence[Buffer]) -> str:
+def _buffers_text(buffers: Sequence[Buffer], devices: int) -> str:
+    """One line per buffer; an intermediate's global size also as the least a device can hold of it."""
+
+    def share(b: Buffer) -> str:
+        return f", ≥ {b.bytes / devices / GIB:,.2f} GiB per device" if b.kind.startswith("intermediate") else ""
+
     return "\n".join(
-        f"  {b.bytes / GIB:8.2f} GiB  {b.dtype}[{','.join(map(str, b.shape))}]  {b.name}  — {b.kind}" for b in buffers
+        f"  {b.bytes / GIB:8.2f} GiB  {b.dtype}[{','.join(map(str, b.shape))}]  {b.name}  — {b.kind}{share(b)}"
+        for b in buffers
     )
 
 
-def does_not_fit_message(program: str, chip: Chip, need: str, args: tuple, names: Sequence[str], jaxpr: Any) -> str:
+def does_not_fit_message(
+    program: str, chip: Chip, need: str, args: tuple, names: Sequence[str], jaxpr: Any, devices: int
+) -> str:
     biggest = sorted(argument_buffers(args, names)[:3] + intermediate_buffers(jaxpr), key=lambda b: -b.bytes)
     return (
         f"the {program} does not fit in the {chip.hbm_gib:g} GiB of HBM of a TPU {chip.name} chip: {need}\n"
-        f"biggest buffers:\n{_buffers_text(biggest)}\n"
+        f"biggest buffers:\n{_buffers_text(biggest, devices)}\n"
         "knobs that shrink it:\n" + "\n".join(f"  - {k}" for k in KNOBS)
     )
 
@@ -497,7 +506,8 @@ def compile_program(name: str, fn: Any, args: tuple, arg_names: Sequence[str], m
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
             need = str(e).split("\n")[0].replace("RESOURCE_EXHAUSTED: ", "")
-            raise DoesNotFit(does_not_fit_message(name, chip, need, args, arg_names, traced.jaxpr)) from e
+            message = does_not_fit_message(name, chip, need, args, arg_names, traced.jaxpr, mesh.size)
+            raise DoesNotFit(message) from e
         seconds = time.perf_counter() - start
     return compiled, seconds, traced
 
@@ -540,7 +550,8 @@ class CompileReport:
     num_slices: int
     num_devices: int
     chip: Chip
-    programs: tuple[ProgramReport, ...]
+    programs: tuple[ProgramReport, ...]  # the programs that compiled and fit
+    does_not_fit: tuple[str, ...] = ()  # a message per program that did not (`does_not_fit_message`)
     setting: str = ""  # the override this report was compiled under (`compare`), "" for none
 
     def table(self) -> str:
@@ -551,6 +562,8 @@ class CompileReport:
             f"topology {self.topology}{slices}, {self.num_devices} TPU {c.name} chips "
             f"({c.hbm_gib:g} GiB HBM, {c.bf16_tflops:g} TFLOP/s bf16, {c.hbm_gbps:,.0f} GB/s each); per device"
         )
+        if not self.programs:
+            return head + "\nno program fits (see the messages)"
         size = lambda b: f"{b / GIB:,.2f} GiB" if b >= GIB else f"{b / 2**20:,.1f} MiB"
         rows: list[tuple[str, list[str]]] = [
             ("", [p.name for p in self.programs]),
@@ -603,10 +616,11 @@ def _loops_text(trips: tuple[int, ...]) -> str:
 
 
 def compile_plan(cfg: Config, programs: Sequence[str] = ("train", "serve"), setting: str = "") -> CompileReport:
-    """Compile `programs` of `cfg` deviceless for its mesh config's topology and report them.
+    """Compile `programs` of `cfg` deviceless for its mesh config's topology and report them; a program
+    that needs more HBM than a chip has goes into `does_not_fit` (the others are still compiled).
 
     Raises LibtpuMissing without libtpu, ConfigError for a mesh that names no topology or does not
-    match its chips, DoesNotFit when a program needs more HBM than a chip has."""
+    match its chips."""
     from interaction_jax import plan as plan_lib
 
     devices = topology_devices(cfg.mesh)
@@ -614,13 +628,17 @@ def compile_plan(cfg: Config, programs: Sequence[str] = ("train", "serve"), sett
     n = len(devices)
     shapes_plan = plan_lib.make_plan(cfg, n)  # validates the config against n devices first
     mesh = sharding.make_mesh(cfg.mesh, devices)
-    reports = []
+    reports, failures = [], []
     for key in programs:
         if key not in PROGRAMS:
             raise ConfigError("programs", f"unknown program {key!r}", f"use some of {list(PROGRAMS)}")
         name, build, arg_names = PROGRAMS[key]
         fn, args = build(cfg, mesh)
-        compiled, seconds, traced = compile_program(name, fn, args, arg_names, mesh, cfg, chip)
+        try:
+            compiled, seconds, traced = compile_program(name, fn, args, arg_names, mesh, cfg, chip)
+        except DoesNotFit as e:
+            failures.append(str(e))
+            continue
         train = key == "train"
         s = cfg.stream
         tokens = (
@@ -633,9 +651,12 @@ def compile_plan(cfg: Config, programs: Sequence[str] = ("train", "serve"), sett
         )
         if report.hbm_bytes > chip.hbm_gib * GIB:
             need = f"{report.hbm_bytes / GIB:,.2f} GiB per chip"
-            raise DoesNotFit(does_not_fit_message(name, chip, need, args, arg_names, traced.jaxpr))
+            failures.append(does_not_fit_message(name, chip, need, args, arg_names, traced.jaxpr, n))
+            continue
         reports.append(report)
-    return CompileReport(cfg.mesh.name, cfg.mesh.topology, num_slices(cfg.mesh), n, chip, tuple(reports), setting)
+    return CompileReport(
+        cfg.mesh.name, cfg.mesh.topology, num_slices(cfg.mesh), n, chip, tuple(reports), tuple(failures), setting
+    )
 
 
 def compare(

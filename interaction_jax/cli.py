@@ -108,12 +108,17 @@ def cmd_plan(argv: list[str]) -> None:
             reports = aot.compare(cfg, key, values.split(","), FLAGS.programs)
         else:
             reports = [aot.compile_plan(cfg, FLAGS.programs)]
-    except (aot.LibtpuMissing, aot.DoesNotFit) as e:
+    except aot.LibtpuMissing as e:
         print(f"plan --compile: {e}", file=sys.stderr)
         sys.exit(1)
     for report in reports:
         print()
         print(report.table())
+    failures = [message for report in reports for message in report.does_not_fit]
+    for message in failures:
+        print(f"plan --compile: {message}", file=sys.stderr)
+    if failures:
+        sys.exit(1)
 
 
 def cmd_data(argv: list[str]) -> None:

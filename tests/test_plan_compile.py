@@ -99,23 +99,29 @@ def test_the_table_says_it_is_an_estimate(report):
 # -- a config that cannot fit
 
 
-def test_a_config_that_does_not_fit_fails_naming_its_biggest_buffers():
+def test_a_config_that_does_not_fit_fails_naming_its_biggest_buffers(tmp_path):
     _need_libtpu()
-    cfg = config_lib.preset("tiny")
-    mesh = dataclasses.replace(config_lib.load_mesh("mesh_configs/cpu-1.yaml"), device_kind="tpu", topology="v5e:2x2")
-    cfg = config_lib.override(dataclasses.replace(cfg, mesh=mesh), ["train.batch_size=4096"])
-    with pytest.raises(aot.DoesNotFit) as e:
-        aot.compile_plan(cfg, programs=("train",))
-    message = str(e.value)
+    mesh = tmp_path / "v5e-4.yaml"  # 4 v5e chips, data parallel
+    mesh.write_text("name: v5e-4\ndevice_kind: tpu\ntopology: v5e:2x2\naxes: {data: 4}\n")
+    args = ["--preset", "tiny", "--mesh", str(mesh), "--set", "train.batch_size=4096", "--programs", "train"]
+    result = subprocess.run(
+        [sys.executable, "-m", "interaction_jax.cli", "plan", *args, "--compile"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result
+    message = result.stderr
     assert "train step does not fit in the 16 GiB of HBM of a TPU v5e chip" in message, message
-    assert "biggest buffers" in message
     # the whole batch's activations dominate: values of 4096 rows, named by the model's module path
     biggest = message.split("biggest buffers:\n")[1].split("\n")[0]
     assert "[4096," in biggest and "InteractionModel" in biggest and "intermediate" in biggest, message
+    assert "≥ 0.78 GiB per device" in biggest, message  # 3.12 GiB of the whole batch over 4 chips at least
     # and the largest arguments, as one device's shard (4096 rows over 4 chips)
     assert "uint8[1024,8,40,40,3]  batch['patches']  — argument (per device)" in message, message
     for knob in ("model.remat", "train.grad_accum", "mesh.axes"):
         assert knob in message, knob
+    assert "no program fits" in result.stdout
 
 
 def test_the_fit_check_of_a_compiled_program_counts_every_region():
