@@ -1,18 +1,19 @@
 """TPU block sizes chosen from an operand's shape, within a VMEM budget.
 
-A Pallas TPU grid step costs a fixed overhead (about 0.35 µs) plus its DMAs, so a decode matmul cut
-into 128 × 128 weight tiles spends more time stepping than moving bytes: 64 × 4096 × 4096 was
-32 × 32 = 1,024 steps. The kernels here take bigger tiles along the weight's dimensions instead —
-(K, N) of a matmul's [K, N] weight —, never along the rows (M, the tokens): a row's result must not
-depend on how many rows there are. Inside a tile a kernel still reduces in its config's blocks
-(`bk`, `block_k`), in order, so the arithmetic is the one its spec states whatever tile is taken.
+A Pallas TPU grid step has a fixed cost on top of its DMAs, and a decode matmul cut into 128 × 128
+weight tiles takes many of them: 64 × 4096 × 4096 was 32 × 32 = 1,024 steps. The kernels here take
+bigger tiles along the weight's dimensions instead — (K, N) of a matmul's [K, N] weight —, never
+along the rows (M, the tokens): a row's result must not depend on how many rows there are. Inside a
+tile a kernel still runs its config's blocks (`bk` × `bn`, `block_k` × `block_k`), the reduction in
+order, so the arithmetic is the one its spec states whatever tile is taken.
 
 The budget: what a kernel's pipeline may hold in VMEM (every input and output block double-buffered,
 plus its scratch), `VMEM_BUDGET` = 8 MiB, half of the 16 MiB a Mosaic kernel may take by default on
 v5e and v5p (the scoped-VMEM default; a kernel that needs more must raise `vmem_limit_bytes`), so
 Mosaic's own internal scratch has room (the deviceless compile enforces that limit: a bigger pipeline
 fails with `CompileTimeScopedVmemOom`, "limit 16.00M"). Tiles keep the (8, 128) rule (multiples of
-128 lanes) and divide the reduction they cut.
+128 lanes) and divide the reduction they cut (or, for a kernel that masks a ragged reduction, its
+length rounded up to the tile granule).
 """
 
 from __future__ import annotations
