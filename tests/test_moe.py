@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from interaction_jax import config as config_lib
 from interaction_jax.config import KernelsConfig, ModelConfig
 from interaction_jax.model import kernels as kernels_lib
 from interaction_jax.model import moe
@@ -372,6 +373,24 @@ def test_moe_kernels_expert_parallel(dispatch):
     ragged = moe.experts_ragged(flat, weights, ids, *w)
     assert not np.array_equal(np.asarray(alone), np.asarray(ragged))  # bit-equality is not a given
     np.testing.assert_allclose(np.asarray(alone), np.asarray(ragged), atol=1e-5)
+
+
+@pytest.mark.parametrize("dispatch", ["gemv", "gmm"])
+def test_moe_kernels_take_an_expert_width_that_is_not_a_multiple_of_the_tile(dispatch):
+    """F = 24 with 16-wide tiles (tml-small-shape's 1440 with 128): the module's kernels agree with dense,
+    and the config check that lets this through refuses only a model width the tile does not divide."""
+    x, mask = _inputs()
+    cfg = _cfg(moe_dispatch="dense")
+    variables = jax.jit(moe.MoE(cfg).init)(jax.random.key(7), x, mask)
+    y, _ = jax.jit(moe.MoE(cfg).apply)(variables, x, mask)
+    kernels = KernelsConfig(moe_block_k=16)
+    assert F % kernels.moe_block_k and not D % kernels.moe_block_k
+    module = moe.MoE(dataclasses.replace(cfg, moe_dispatch=dispatch), kernels=kernels)
+    y_kernel, _ = jax.jit(module.apply)(variables, x, mask)
+    np.testing.assert_allclose(np.asarray(y_kernel), np.asarray(y), atol=1e-5)
+    tml = config_lib.preset("tml-small-shape")
+    assert tml.model.expert_mlp % tml.kernels.moe_block_k
+    config_lib.validate(config_lib.override(tml, ["model.moe_dispatch=auto"]))
 
 
 def test_expert_count_must_divide_expert_axis():
