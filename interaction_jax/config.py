@@ -279,7 +279,7 @@ class DataConfig:
     num_workers: int = 0  # grain worker processes (0: in the main process)
     # Share of training episodes in which the user's camera is off: black frames, nothing visual to react
     # to (scenarios that need the video keep it on). A voice-only client sends no frames and the server
-    # shows the model black ones; a model that never saw them in training falls silent there.
+    # shows the model black ones, so training shows them too rather than leaving them out of distribution.
     camera_off: float = 0.2
     # Independent data streams the global batch is cut from (each gives batch_size / shards rows per step);
     # process p of P reads shards [p·shards/P, (p+1)·shards/P). 0: one per process. Fix it to keep the
