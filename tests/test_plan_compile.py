@@ -124,9 +124,18 @@ def test_a_config_that_does_not_fit_fails_naming_its_biggest_buffers(tmp_path):
     assert "no program fits" in result.stdout
 
 
-def test_the_fit_check_of_a_compiled_program_counts_every_region():
-    p = aot.ProgramReport("x", 1.0, 10, 6, 4, 5, 2, 0.0, 0.0, {}, (), 1, 0.0)
-    assert p.hbm_bytes == 10 + 6 - 4 + 5 + 2
+def test_a_compiled_program_over_the_chips_hbm_is_refused_with_its_regions():
+    gib, v5e = aot.GIB, aot.CHIPS["v5e"]
+
+    def program(temp_gib: float) -> aot.ProgramReport:  # 10 GiB of arguments, 4 of them donated to outputs
+        return aot.ProgramReport(
+            "x", 2.0, 10 * gib, 4 * gib, 4 * gib, int(temp_gib * gib), gib // 2, 0, 0, {}, (), 1, 0
+        )
+
+    assert program(5.5).hbm_bytes == 16 * gib and aot.over_hbm(program(5.5), v5e) is None
+    why = aot.over_hbm(program(7), v5e)
+    assert why.startswith("XLA compiled it, but it holds 17.50 GiB per chip: arguments 10.00 + temporaries 7.00"), why
+    assert "outputs not aliased 0.00 + code 0.50 GiB" in why, why
 
 
 # -- no libtpu
