@@ -611,8 +611,9 @@ class CompileReport:
 def over_hbm(r: ProgramReport, chip: Chip) -> str | None:
     """Why a compiled program does not fit the chip (its HBM regions summed), or None when it does.
 
-    XLA's own check at compile time can pass a program whose arguments and temporaries together exceed
-    the chip (seen for `tml-small-shape` training on v5p), so the sum is checked here too."""
+    XLA's own check at compile time (which counts arguments: a 20 GiB argument alone fails it on v5e)
+    passed `tml-small-shape` training with 40-chunk windows on v5p while its memory analysis summed to
+    105 GiB per 95 GiB chip; which of the two a chip agrees with needs one, so the sum is checked too."""
     if r.hbm_bytes <= chip.hbm_gib * GIB:
         return None
     return (
