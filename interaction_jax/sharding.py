@@ -45,7 +45,9 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mes
       the hybrid mesh nests slices (each axis = dcn outer × ici inner). Nothing is faster or slower
       here; the point is that the shapes, specs and compiled program are the same.
     - otherwise: `jax.make_mesh`, which orders devices to follow the physical topology where it
-      knows it (TPU) and falls back to a plain grid elsewhere.
+      knows it (TPU) and falls back to a plain grid elsewhere. On a TPU torus whose axes the mesh sizes
+      are no products of (tensor 4 × fsdp 16 × expert 8 on v5p's 8x8x8), physical axes are split
+      (`allow_split_physical_axes`), as MaxText allows: rings shorter than a torus axis, still ICI.
     """
     devices = list(jax.devices() if devices is None else devices)
     sizes = config.resolve_axis_sizes(mesh_cfg, len(devices))
@@ -54,7 +56,11 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mes
     ici = tuple(s // d for s, d in zip(shape, dcn, strict=True))
     axis_types = (jax.sharding.AxisType.Auto,) * len(config.MESH_AXES)
     if math.prod(dcn) == 1:
-        return jax.make_mesh(shape, config.MESH_AXES, axis_types=axis_types, devices=devices)
+        try:
+            return jax.make_mesh(shape, config.MESH_AXES, axis_types=axis_types, devices=devices)
+        except NotImplementedError:  # an axis that is no product of whole torus axes (tensor 4 on 8x8x8)
+            grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+            return Mesh(grid, config.MESH_AXES, axis_types=axis_types)
     if all(hasattr(d, "slice_index") for d in devices):
         n_slices = len({d.slice_index for d in devices})
         if n_slices != math.prod(dcn):

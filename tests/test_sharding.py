@@ -22,8 +22,11 @@ INTENDED = {
     "cpu-8": (8, "tiny"),
     "gpu-1": (1, "small"),
     "gpu-8": (8, "base"),
+    "tpu-v5e-8": (8, "small"),
     "tpu-v5e-16": (16, "base"),
     "tpu-v5p-128": (128, "tml-small-shape"),
+    "tpu-v5p-1024": (512, "tml-small-shape"),
+    "tpu-v6e-256": (256, "tml-small-shape"),
 }
 DEFAULT_RULE_NAMES = [name for name, _ in config.MeshConfig().rules]
 
