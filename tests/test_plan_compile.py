@@ -201,6 +201,16 @@ def test_every_tpu_mesh_config_names_a_chip_with_published_peaks():
         assert config_lib.implied_devices(mesh_cfg) == (chips, False), name
 
 
+def test_every_tpu_mesh_config_lays_its_mesh_over_its_topology():
+    _need_libtpu()
+    for name in ("tpu-v5e-8", "tpu-v5e-16", "tpu-v5p-128", "tpu-v5p-1024", "tpu-v6e-256"):
+        mesh_cfg = config_lib.load_mesh(f"mesh_configs/{name}.yaml")
+        devices = aot.topology_devices(mesh_cfg)
+        mesh = sharding.make_mesh(mesh_cfg, devices)
+        assert mesh.size == len(devices) == config_lib.implied_devices(mesh_cfg)[0], name
+        assert aot.chip_of(mesh_cfg.topology).name in name, name
+
+
 def test_a_mesh_without_a_topology_is_refused():
     _need_libtpu()
     with pytest.raises(config_lib.ConfigError, match=r"mesh\.topology"):
