@@ -297,7 +297,7 @@ def _runs(entry: str | None, comps: dict[str, list[str]]) -> dict[str, int]:
 
 
 def loop_trips(hlo: str) -> tuple[int, ...]:
-    """The trip count of every `while` loop that runs, outermost first (as `_trip_count` reads it).
+    """The trip count of every `while` loop that runs (as `_trip_count` reads it): the entry's first.
 
     XLA's cost analysis counts a loop body once, so where a program loops (a scanned layer stack, the
     serving tick's output slots, grad accumulation) its FLOPs and bytes accessed cover one trip."""
