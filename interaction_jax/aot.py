@@ -362,7 +362,7 @@ class Buffer:
     shape: tuple[int, ...]
     dtype: str
     bytes: int
-    kind: str  # "argument (per device)" or "intermediate (global shape)"
+    kind: str  # "argument (per device)", "intermediate (global shape)" or "… (per device, in shard_map)"
 
 
 def argument_buffers(args: tuple, names: Sequence[str] = ()) -> list[Buffer]:
@@ -382,11 +382,12 @@ def argument_buffers(args: tuple, names: Sequence[str] = ()) -> list[Buffer]:
 
 
 def intermediate_buffers(jaxpr: Any, limit: int = 5) -> list[Buffer]:
-    """The largest values the traced program computes (global shapes, before XLA splits them over the
-    mesh), named by the model's module path and the primitive; one entry per (name, shape)."""
+    """The largest values the traced program computes, named by the model's module path and the
+    primitive; one entry per (name, shape). Shapes are global (before XLA splits them over the mesh),
+    except inside a `shard_map`, whose body sees one device's block."""
     found: dict[tuple, Buffer] = {}
 
-    def walk(jp) -> None:
+    def walk(jp, local: bool = False) -> None:
         for eqn in jp.eqns:
             where = str(eqn.source_info.name_stack) or "(top level)"
             for v in eqn.outvars:
@@ -402,14 +403,14 @@ def intermediate_buffers(jaxpr: Any, limit: int = 5) -> list[Buffer]:
                     tuple(aval.shape),
                     str(aval.dtype),
                     math.prod(aval.shape) * itemsize,
-                    "intermediate (global shape)",
+                    "intermediate (per device, in shard_map)" if local else "intermediate (global shape)",
                 )
                 found.setdefault((b.name, b.shape), b)
             for p in eqn.params.values():
                 for sub in p if isinstance(p, (tuple, list)) else (p,):
                     inner = getattr(sub, "jaxpr", sub)
                     if hasattr(inner, "eqns"):
-                        walk(inner)
+                        walk(inner, local or eqn.primitive.name == "shard_map")
 
     walk(getattr(jaxpr, "jaxpr", jaxpr))
     return sorted(found.values(), key=lambda b: -b.bytes)[:limit]
@@ -419,7 +420,7 @@ def _buffers_text(buffers: Sequence[Buffer], devices: int) -> str:
     """One line per buffer; an intermediate's global size also as the least a device can hold of it."""
 
     def share(b: Buffer) -> str:
-        return f", ≥ {b.bytes / devices / GIB:,.2f} GiB per device" if b.kind.startswith("intermediate") else ""
+        return f", ≥ {b.bytes / devices / GIB:,.2f} GiB per device" if b.kind.endswith("(global shape)") else ""
 
     return "\n".join(
         f"  {b.bytes / GIB:8.2f} GiB  {b.dtype}[{','.join(map(str, b.shape))}]  {b.name}  — {b.kind}{share(b)}"

@@ -17,8 +17,11 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from interaction_jax import aot, sharding
 from interaction_jax import config as config_lib
@@ -156,6 +159,16 @@ def test_a_compiled_program_over_the_chips_hbm_is_refused_with_its_regions():
     why = aot.over_hbm(program(7), v5e)
     assert why.startswith("XLA compiled it, but it holds 17.50 GiB per chip: arguments 10.00 + temporaries 7.00"), why
     assert "outputs not aliased 0.00 + code 0.50 GiB" in why, why
+
+
+def test_intermediates_are_global_except_inside_a_shard_map():
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:8])
+    double = jax.shard_map(lambda a: a * 2, mesh=mesh, in_specs=P("x"), out_specs=P("x"))
+    jaxpr = jax.make_jaxpr(lambda a: double(a) + 1)(jnp.zeros((64, 128)))
+    kinds = {(b.shape, b.kind) for b in aot.intermediate_buffers(jaxpr, limit=10)}
+    assert ((8, 128), "intermediate (per device, in shard_map)") in kinds, kinds
+    assert ((64, 128), "intermediate (global shape)") in kinds, kinds
+    assert ((64, 128), "intermediate (per device, in shard_map)") not in kinds, kinds
 
 
 # -- no libtpu
