@@ -172,6 +172,10 @@ def test_time_speak():
     assert time_speak.metrics(ann, active([31]), S)["timer_missed"] == 1.0
     never = time_speak.metrics(ann, silent(), S)
     assert never["timer_hit"] == 0.0 and never["timer_missed"] == 1.0 and never["timer_abs_error_s"] is None
+    # the "okay" to a request (chunks 11–12, its speech over at 2.6 s) is not the timer's answer
+    acked = {**ann, "requests": [{**r, "ack_end": r["request_end"] + 0.6} for r in ann["requests"]]}
+    assert time_speak.metrics(acked, active([11, 12, 25, 44]), S) == exact
+    assert time_speak.metrics(ann, active([11, 12, 25, 44]), S)["timer_hit"] == 0.5  # control: without ack_end
 
 
 def test_cue_speak():
@@ -192,6 +196,11 @@ def test_cue_speak():
     assert cue_speak.metrics(ann, active([5]), S)["cue_premature"] == 0.0  # during the request: not waiting yet
     never = cue_speak.metrics(ann, silent(), S)
     assert never["cue_missed"] == 1.0 and never["cue_hit"] == 0.0 and never["cue_latency_chunks"] is None
+    # the "okay" to the request (chunks 11–12, over at 2.6 s) is not speaking before the cue; later talk is
+    acked = {**ann, "cues": [{**ann["cues"][0], "ack_end": 2.6}]}
+    assert cue_speak.metrics(acked, active([11, 12, 21]), S) == on_time
+    assert cue_speak.metrics(acked, active([11, 12, 15, 21]), S)["cue_premature"] == 1.0
+    assert cue_speak.metrics(ann, active([11, 12, 21]), S)["cue_premature"] == 1.0  # control: without ack_end
 
 
 def test_rep_count():

@@ -449,17 +449,27 @@ def test_interruption():
         assert last_chunk_of(barge_in["end"]) + 1 <= round(answer["start"] / C) <= last_chunk_of(barge_in["end"]) + 2
 
 
+def assert_acknowledged(request_end: float, ack: dict, ack_end: float, then: dict) -> None:
+    """The model says "okay" to a finished request by the reply rule, and what the request asks for
+    starts a chunk after that at the earliest."""
+    assert ack["text"] in corpus.ACKNOWLEDGEMENTS and ack["end"] == pytest.approx(ack_end)
+    assert last_chunk_of(request_end) + 1 <= round(ack["start"] / C) <= last_chunk_of(request_end) + 2
+    assert then["start"] >= ack_end + C - 1e-9
+
+
 def test_time_speak():
     typed = 0
     for ep in episodes("time_speak"):
         a = ep.annotations
-        assert len(a["requests"]) == len(a["model_utterances"]) >= 1
-        for r, u, m in zip(a["requests"], a["user_utterances"], a["model_utterances"], strict=True):
+        assert 2 * len(a["requests"]) == len(a["model_utterances"]) >= 2
+        acks, responses = a["model_utterances"][::2], a["model_utterances"][1::2]
+        for r, u, ack, m in zip(a["requests"], a["user_utterances"], acks, responses, strict=True):
             assert corpus.time_request_seconds(u["text"]) == r["n"] and u["typed"] == r["typed"]
             assert r["target_time"] == pytest.approx(r["request_end"] + r["n"])
             assert abs(r["onset_chunk"] * C - r["target_time"]) <= C / 2 + 1e-9
             assert m["start"] == pytest.approx(r["onset_chunk"] * C) and m["text"] in corpus.TIMER_RESPONSES
             assert u["end"] == pytest.approx(r["request_end"])
+            assert_acknowledged(r["request_end"], ack, r["ack_end"], m)
         for u in a["user_utterances"]:
             if u["typed"]:  # the request ends with the chunk its last typed token is rendered in
                 # the same line can be typed twice in an episode: the event is the one typed at u's start
@@ -481,11 +491,14 @@ def test_cue_speak():
     for video in (True, False):
         for ep in episodes("cue_speak", video=video):
             a = ep.annotations
-            assert len(a["cues"]) == len(a["model_utterances"]) >= 1
-            for cue, request, m in zip(a["cues"], a["user_utterances"], a["model_utterances"], strict=True):
+            assert 2 * len(a["cues"]) == len(a["model_utterances"]) >= 2
+            acks, responses = a["model_utterances"][::2], a["model_utterances"][1::2]
+            for cue, request, ack, m in zip(a["cues"], a["user_utterances"], acks, responses, strict=True):
                 kinds.add((video, cue["kind"]))
                 assert cue["onset_chunk"] == cue["perceived_chunk"] + 1
-                assert m["start"] == pytest.approx(cue["onset_chunk"] * C)  # nothing said before the cue
+                assert m["start"] == pytest.approx(cue["onset_chunk"] * C)  # nothing else said before the cue
+                assert_acknowledged(request["end"], ack, cue["ack_end"], m)
+                assert cue["time"] >= cue["ack_end"] + C - 1e-9  # no cue while it says "okay"
                 assert m["text"] in corpus.CUE_RESPONSES[cue["kind"]]
                 assert cue["time"] >= request["end"] and request["text"] in corpus.user_lines(
                     f"cue_{cue['kind']}_request", "train"
@@ -515,7 +528,10 @@ def test_rep_count():
         n = a["count"]
         counts.append(n)
         assert 1 <= n <= 6 and len(a["completions"]) == len(a["onset_chunks"]) == n
-        assert decoded(ep.model_text) == "".join(f"<speak>{w}<eot>" for w in corpus.NUMBER_WORDS[:n])
+        ack, first = a["model_utterances"][:2]
+        assert_acknowledged(a["user_utterances"][0]["end"], ack, a["ack_end"], first)
+        words = (ack["text"], *corpus.NUMBER_WORDS[:n])
+        assert decoded(ep.model_text) == "".join(f"<speak>{w.replace(' ', '<speak>')}<eot>" for w in words)
         for completion, onset in zip(a["completions"], a["onset_chunks"], strict=True):
             shown = onset - 1  # the chunk carrying the first frame that shows the completion
             assert shown % CFG.video_every == 0

@@ -182,6 +182,8 @@ LONG_REPLIES = (
 INTERRUPTION_ANSWERS = ("sure, go ahead", "oh, sorry, what is it", "okay, I am listening", "of course, please go on")
 BACKCHANNELS = ("mm-hm", "yeah", "right", "I see")
 TIMER_RESPONSES = ("now", "time is up", "that is it")
+# What the model says, by the reply rule, to a request it will act on later (a timer, a cue, a count).
+ACKNOWLEDGEMENTS = ("okay", "sure", "will do", "got it")
 CUE_RESPONSES = {"visual": ("I see it", "there it is"), "audio": ("I heard it", "there it was")}
 NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
 LET_ME_CHECK = "let me check"
@@ -280,6 +282,7 @@ def model_lines() -> tuple[str, ...]:
         *INTERRUPTION_ANSWERS,
         *BACKCHANNELS,
         *TIMER_RESPONSES,
+        *ACKNOWLEDGEMENTS,
         *CUE_RESPONSES["visual"],
         *CUE_RESPONSES["audio"],
         *NUMBER_WORDS,

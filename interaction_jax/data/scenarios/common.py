@@ -203,6 +203,17 @@ def lay_out(
 
 
 @dataclasses.dataclass(frozen=True)
+class Acknowledgement:
+    """The model's "okay" to a request, from chunk `onset`; its speech ends at sample `end`. Whatever the
+    request asks for (the timer's response, the cue's, the first number) comes a chunk after that at the
+    earliest, so the two are separate utterances."""
+
+    clip: Clip
+    onset: int
+    end: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Request:
     """A user request planned from sample `start`: spoken (`layout`) or typed (`layout` None); it is
     complete at sample `end` (the clip's end, or the end of the chunk its last typed token lands in)."""
@@ -362,6 +373,21 @@ class EpisodeBuilder:
             self.type_user(request.text, request.start)
         else:
             self.place_user(request.layout, request.start)
+
+    def plan_acknowledgement(self, request: Request) -> Acknowledgement:
+        """A finished request is answered at once, by the reply rule, as every finished utterance is: a
+        request the model only acts on later would otherwise teach that the end of a sentence is no cue to
+        speak, the opposite of turn_taking's lesson for the same kind of input."""
+        clip = self.model_clip(pick(self.rng, corpus.ACKNOWLEDGEMENTS))
+        onset = self.reply_chunk(request.end)
+        return Acknowledgement(clip, onset, self.model_end(onset, clip))
+
+    def after_acknowledgement(self, ack: Acknowledgement) -> int:
+        """The first sample the request's own response may start at: a chunk after the "okay" ends."""
+        return ack.end + self.chunk
+
+    def say_acknowledgement(self, ack: Acknowledgement) -> None:
+        self.say_model(ack.clip, ack.onset)
 
     def add_user_tokens(self, tokens: Sequence[int], time_s: float) -> None:
         self._user_text.append(TextEvent(float(time_s), tuple(int(t) for t in tokens)))

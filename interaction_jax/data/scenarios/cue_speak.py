@@ -1,14 +1,14 @@
 """Cue-triggered speech: "tell me when a red square appears" / "… when you hear a beep".
 
-The request is spoken or typed. Some time after it is complete the cue happens: a red square that
-appears at a frame time (perceivable in the chunk that carries that frame), or a 150 ms 1 kHz beep in
-the user's audio (perceivable in the chunk holding its last sample). The model responds from the next
-chunk on, and says nothing before. With video or the camera off every cue is a beep. Requests repeat while whole
-exchanges fit.
+The request is spoken or typed, and the model acknowledges it by the reply rule ("okay"). Some time
+after that the cue happens: a red square that appears at a frame time (perceivable in the chunk that
+carries that frame), or a 150 ms 1 kHz beep in the user's audio (perceivable in the chunk holding its
+last sample). The model responds from the next chunk on, and says nothing else before. With video or the
+camera off every cue is a beep. Requests repeat while whole exchanges fit.
 
-Annotations (beyond those every scenario writes): `cues` [{kind: "visual" | "audio", time,
+Annotations (beyond those every scenario writes): `cues` [{kind: "visual" | "audio", time, ack_end,
 perceived_chunk, onset_chunk}] — time is the frame time the red square appears at, or the beep's start;
-onset_chunk = perceived_chunk + 1.
+ack_end: when the acknowledgement's speech ends; onset_chunk = perceived_chunk + 1.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from interaction_jax.config import StreamConfig
 from interaction_jax.data import corpus
 from interaction_jax.data.episode import Episode, ScenarioContext, frame_times
 from interaction_jax.data.scenarios.common import (
+    Acknowledgement,
     EpisodeBuilder,
     Request,
     beep,
@@ -46,7 +47,7 @@ from interaction_jax.video import scene as video_scene
 NAME = "cue_speak"
 NUMBER = 4  # its place in the registry (`Scenario.number`)
 FIRST_START_S = (0.2, 1.5)
-CUE_DELAY_S = (0.5, 6.0)  # from the end of the request to the cue
+CUE_DELAY_S = (0.5, 6.0)  # from the end of the request to the cue (and a chunk after the acknowledgement)
 VISUAL_PROBABILITY = 0.5  # when video is on
 TYPED_PROBABILITY = 0.5
 NEXT_REQUEST_S = (0.5, 1.5)
@@ -57,6 +58,7 @@ CUE_VISIBLE_FRAMES = 2  # the red square stays this many frame intervals, then d
 class Plan:
     kind: str  # "visual" | "audio"
     request: Request
+    acknowledgement: Acknowledgement
     cue_sample: int  # when the square appears (a frame's start) or the beep starts
     perceived_chunk: int
     response: Clip
@@ -71,7 +73,8 @@ def _draw(b: EpisodeBuilder, start: int) -> Plan | None:
     typed = bool(b.rng.random() < TYPED_PROBABILITY)
     request = b.plan_request(pick(b.rng, corpus.user_lines(f"cue_{kind}_request", b.ctx.split)), start, typed)
     response = b.model_clip(pick(b.rng, corpus.CUE_RESPONSES[kind]))
-    earliest = request.end + b.samples(CUE_DELAY_S[0])
+    ack = b.plan_acknowledgement(request)
+    earliest = max(request.end + b.samples(CUE_DELAY_S[0]), b.after_acknowledgement(ack))
     latest = request.end + b.samples(CUE_DELAY_S[1])
     last_perceived = b.last_onset(response) - 1  # the response must fit after it
     if kind == "visual":
@@ -83,13 +86,13 @@ def _draw(b: EpisodeBuilder, start: int) -> Plan | None:
         if not frame_chunks:
             return None
         chunk = pick(b.rng, frame_chunks)
-        return Plan(kind, request, b.chunk_start(chunk), chunk, response)
+        return Plan(kind, request, ack, b.chunk_start(chunk), chunk, response)
     tone = beep(b.sample_rate).size
     latest = min(latest, b.chunk_start(last_perceived + 1) - tone)  # the beep's last sample by last_perceived
     if latest < earliest:
         return None
     cue = int(b.rng.integers(earliest, latest + 1))
-    return Plan(kind, request, cue, last_chunk(cue + tone, b.cfg), response)
+    return Plan(kind, request, ack, cue, last_chunk(cue + tone, b.cfg), response)
 
 
 def _show_red_square(b: EpisodeBuilder, frame_chunk: int) -> tuple[float, float]:
@@ -110,6 +113,7 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
     cues = []
     while (plan := first_that_fits(_draw, b, start)) is not None:
         b.place_request(plan.request)
+        b.say_acknowledgement(plan.acknowledgement)
         next_start = 0
         if plan.kind == "visual":
             cue_s, until_s = _show_red_square(b, plan.perceived_chunk)
@@ -119,7 +123,13 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
             cue_s = b.seconds(plan.cue_sample)
         _, response_end = b.say_model(plan.response, plan.onset_chunk)
         cues.append(
-            {"kind": plan.kind, "time": cue_s, "perceived_chunk": plan.perceived_chunk, "onset_chunk": plan.onset_chunk}
+            {
+                "kind": plan.kind,
+                "time": cue_s,
+                "ack_end": b.seconds(plan.acknowledgement.end),
+                "perceived_chunk": plan.perceived_chunk,
+                "onset_chunk": plan.onset_chunk,
+            }
         )
         start = max(next_start, response_end + b.samples(b.rng.uniform(*NEXT_REQUEST_S)))
     if not cues:
@@ -131,14 +141,16 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
 def metrics(annotations: dict, text: np.ndarray, s: StreamConfig) -> Metrics:
     """Per cue (p = perceived_chunk): `cue_latency_chunks` = onset − p for the first active chunk in
     [p, p+MISS_CHUNKS] (the data: 1); `cue_hit` = onset within onset_chunk ± 1; `cue_missed`;
-    `cue_premature` = active between the end of the request and p (the data says nothing there)."""
+    `cue_premature` = active between the end of the request's acknowledgement (`ack_end`; of the request
+    in episodes without one) and p (the data says nothing there)."""
     flags = text_active(text)
     utterances = user_utterances(annotations)
     latency, hits, missed, premature = [], [], [], []
     for cue in annotations.get("cues", []):
         p, onset = int(cue["perceived_chunk"]), int(cue["onset_chunk"])
         before = [u["end"] for u in utterances if u["start"] < cue["time"]]
-        wait_from = end_chunk(before[-1], s) + 1 if before else 0
+        waiting = max(before[-1], cue.get("ack_end", 0.0)) if before else cue.get("ack_end")
+        wait_from = end_chunk(waiting, s) + 1 if waiting is not None else 0
         premature.append(any_active(flags, wait_from, p - 1))
         k = first_active(flags, p, p + MISS_CHUNKS)
         missed.append(k is None)

@@ -1,13 +1,15 @@
 """Repetition counting: "count how many times it moves", and the model counts out loud as it sees them.
 
-After the (spoken or typed) request, an object in the video performs N out-and-back motions, each
+After the (spoken or typed) request, which the model acknowledges by the reply rule ("okay"), an
+object in the video performs N out-and-back motions, each
 lasting at least 3 frame intervals so every repetition shows in 3 or more frames. After each one
 completes the model says the next number word, starting in the chunk after the one carrying the first
 frame that shows the completed repetition. N is as many as fit in the episode, at most 6, at least 1.
 The count is only visible, so this scenario needs video.
 
 Annotations (beyond those every scenario writes): `count` (N), `completions` [times the k-th repetition
-completes], `onset_chunks` [when the model starts saying "one", "two", …].
+completes], `onset_chunks` [when the model starts saying "one", "two", …], `ack_end` (when the
+acknowledgement's speech ends).
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import numpy as np
 from interaction_jax.config import StreamConfig
 from interaction_jax.data import corpus
 from interaction_jax.data.episode import Episode, ScenarioContext, frame_times
-from interaction_jax.data.scenarios.common import EpisodeBuilder, Request, first_that_fits, pick, too_short
+from interaction_jax.data.scenarios.common import (
+    Acknowledgement,
+    EpisodeBuilder,
+    Request,
+    first_that_fits,
+    pick,
+    too_short,
+)
 from interaction_jax.data.scenarios.scenario import Column, Marker, Scenario
 from interaction_jax.data.scenarios.scoring import Metrics, TextStream, mean
 from interaction_jax.video import scene as video_scene
@@ -38,6 +47,7 @@ MAX_COUNT = len(corpus.NUMBER_WORDS)
 @dataclasses.dataclass(frozen=True)
 class Plan:
     request: Request
+    acknowledgement: Acknowledgement
     repetition: video_scene.Repetition  # already trimmed to the count that fits
     onset_chunks: tuple[int, ...]  # when the model says "one", "two", …
 
@@ -70,10 +80,11 @@ def _draw(b: EpisodeBuilder) -> Plan | None:
         b.scene, b.scene_rng, start_s, period_s, MAX_COUNT, b.cfg.frame_height, b.cfg.frame_width
     )
     onsets = _count_onsets(b, scene.repetitions[-1])
-    if request.end > b.total or not onsets:
+    ack = b.plan_acknowledgement(request)
+    if request.end > b.total or not onsets or b.chunk_start(onsets[0]) < b.after_acknowledgement(ack):
         return None
     repetition = dataclasses.replace(scene.repetitions[-1], count=len(onsets))
-    return Plan(request, repetition, tuple(onsets))
+    return Plan(request, ack, repetition, tuple(onsets))
 
 
 def make(seed: int, ctx: ScenarioContext) -> Episode:
@@ -86,6 +97,7 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
     if plan is None:
         raise too_short(NAME, ctx, "a count request and one repetition counted")
     b.place_request(plan.request)
+    b.say_acknowledgement(plan.acknowledgement)
     b.scene = dataclasses.replace(b.scene, repetitions=(*b.scene.repetitions, plan.repetition))
     for word, onset in zip(corpus.NUMBER_WORDS, plan.onset_chunks, strict=False):
         b.say_model(b.model_clip(word), onset)
@@ -94,6 +106,7 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
         count=rep.count,
         completions=[rep.start_s + k * rep.period_s for k in range(1, rep.count + 1)],
         onset_chunks=list(plan.onset_chunks),
+        ack_end=b.seconds(plan.acknowledgement.end),
     )
     return b.build()
 

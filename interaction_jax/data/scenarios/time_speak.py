@@ -1,12 +1,13 @@
 """Time-aware speech: "tell me when N seconds have passed", and the model speaks up N seconds later.
 
 The request is spoken or typed (equally often). The timer starts when the request is complete — the
-clip's end, or the end of the chunk in which the typed request's last token lands — and the model's
-short response starts at the chunk boundary nearest request end + N. Requests repeat while whole ones
-fit; N is drawn among the values that fit.
+clip's end, or the end of the chunk in which the typed request's last token lands. The model acknowledges
+the request by the reply rule ("okay"), and its short response starts at the chunk boundary nearest
+request end + N. Requests repeat while whole ones fit; N is drawn among the values that fit (the
+response a chunk after the acknowledgement at the earliest).
 
-Annotations (beyond those every scenario writes): `requests` [{n, request_end, target_time, onset_chunk,
-typed}] — target_time = request_end + n.
+Annotations (beyond those every scenario writes): `requests` [{n, request_end, ack_end, target_time,
+onset_chunk, typed}] — target_time = request_end + n; ack_end: when the acknowledgement's speech ends.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from interaction_jax.data import corpus
 from interaction_jax.data.episode import Episode, ScenarioContext
 from interaction_jax.data.render import event_chunk
 from interaction_jax.data.scenarios.common import (
+    Acknowledgement,
     EpisodeBuilder,
     Request,
     first_that_fits,
@@ -42,6 +44,7 @@ TYPED_PROBABILITY = 0.5
 @dataclasses.dataclass(frozen=True)
 class Plan:
     request: Request
+    acknowledgement: Acknowledgement
     seconds: int
     target_s: float
     onset_chunk: int
@@ -55,10 +58,12 @@ def _draw(b: EpisodeBuilder, start: int) -> Plan | None:
     fitting = []
     for seconds in corpus.TIME_REQUEST_SECONDS:
         request = b.plan_request(corpus.time_request_text(template, seconds), start, typed)
+        ack = b.plan_acknowledgement(request)
         target_s = b.seconds(request.end) + seconds
         onset = nearest_chunk(target_s, b.cfg)
-        if request.end <= b.total and b.model_fits(onset, response):
-            fitting.append(Plan(request, seconds, target_s, onset, response))
+        after_ack = b.chunk_start(onset) >= b.after_acknowledgement(ack)
+        if request.end <= b.total and after_ack and b.model_fits(onset, response):
+            fitting.append(Plan(request, ack, seconds, target_s, onset, response))
     return pick(b.rng, fitting) if fitting else None
 
 
@@ -68,11 +73,13 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
     requests = []
     while (plan := first_that_fits(_draw, b, start)) is not None:
         b.place_request(plan.request)
+        b.say_acknowledgement(plan.acknowledgement)
         _, response_end = b.say_model(plan.response, plan.onset_chunk)
         requests.append(
             {
                 "n": plan.seconds,
                 "request_end": b.seconds(plan.request.end),
+                "ack_end": b.seconds(plan.acknowledgement.end),
                 "target_time": plan.target_s,
                 "onset_chunk": plan.onset_chunk,
                 "typed": plan.request.typed,
@@ -86,17 +93,17 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
 
 
 def metrics(annotations: dict, text: np.ndarray, s: StreamConfig) -> Metrics:
-    """Per request, searching from the chunk after the request ends up to the chunk before the next user
-    utterance: `timer_error_s` = onset chunk start − target_time (signed), `timer_abs_error_s` = its
-    absolute value (both over the requests answered), `timer_hit` = onset within onset_chunk ± 1,
-    `timer_missed` = no onset at all."""
+    """Per request, searching from the chunk after its acknowledgement ends (`ack_end`; the request's end
+    in episodes without one) up to the chunk before the next user utterance: `timer_error_s` = onset
+    chunk start − target_time (signed), `timer_abs_error_s` = its absolute value (both over the requests
+    answered), `timer_hit` = onset within onset_chunk ± 1, `timer_missed` = no onset at all."""
     flags = text_active(text)
     c = chunk_seconds(s)
     n = len(flags)
     utterances = user_utterances(annotations)
     errors, hits, missed = [], [], []
     for r in annotations.get("requests", []):
-        lo = end_chunk(r["request_end"], s) + 1
+        lo = end_chunk(r.get("ack_end", r["request_end"]), s) + 1
         later = [u["start"] for u in utterances if u["start"] >= r["request_end"]]
         hi = event_chunk(later[0], s) - 1 if later else n - 1
         k = first_active(flags, lo, hi)
