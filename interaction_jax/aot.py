@@ -506,6 +506,13 @@ def compile_program(name: str, fn: Any, args: tuple, arg_names: Sequence[str], m
         except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
+            if "vmem" in str(e).lower():  # on-chip scratch of one fused op or kernel: no HBM knob helps
+                lines = str(e).replace("RESOURCE_EXHAUSTED: ", "").strip().splitlines()
+                raise DoesNotFit(
+                    f"XLA:TPU ran out of VMEM (a TPU core's on-chip vector memory, not HBM) compiling the {name}; "
+                    "an op (a fusion or a Mosaic kernel) asks for more scoped VMEM than the core allows:\n  "
+                    + "\n  ".join(lines[:12])
+                ) from e
             need = str(e).split("\n")[0].replace("RESOURCE_EXHAUSTED: ", "")
             message = does_not_fit_message(name, chip, need, args, arg_names, traced.jaxpr, mesh.size)
             raise DoesNotFit(message) from e
