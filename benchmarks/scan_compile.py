@@ -4,8 +4,8 @@
     python benchmarks/scan_compile.py --preset tml-small-shape --mesh mesh_configs/tpu-v5p-128.yaml
                                                                       # deviceless, for the mesh's TPU topology
 
-The program is `train.step.jit_train_step` (loss, gradients, the AdamW update, the state shardings,
-donation) traced from shapes only (`train.state.abstract_state`), so nothing is allocated or run. A TPU
+The program is `aot.train_program`: the trainer's `jit_train_step` (loss, gradients, the AdamW update, the
+state shardings, donation) traced from shapes only, so nothing is allocated or run. A TPU
 mesh compiles for compile-only devices of its topology (`aot.topology_devices`, needs libtpu). Prints
 trace+lower and compile seconds per layout and the compiled program's size (HLO text), as JSON lines; a
 compile that XLA refuses (a program that does not fit the chip's HBM) prints its error and the seconds
@@ -22,27 +22,16 @@ import time
 import jax
 import numpy as np
 
+from interaction_jax import aot, sharding
 from interaction_jax import config as config_lib
-from interaction_jax import sharding
-from interaction_jax.testing import random_batch
-from interaction_jax.train import optimizer as optimizer_lib
-from interaction_jax.train import state as state_lib
-from interaction_jax.train import step as train_step_lib
 
 
 def compile_train_step(cfg: config_lib.Config, devices: list) -> dict:
     mesh = sharding.make_mesh(cfg.mesh, devices)
-    opt = optimizer_lib.make_optimizer(cfg.train)
-    t = cfg.train
-    row = random_batch(cfg.stream, t.window_chunks, batch=1, seed=0)
-    batch = {k: np.broadcast_to(v, (t.batch_size, *v.shape[1:])) for k, v in row.items()}
-    placed = train_step_lib.batch_shardings(batch, mesh, cfg)
-    specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=placed[k]) for k, v in batch.items()}
-    step_fn = train_step_lib.jit_train_step(cfg, opt, mesh, state_lib.state_shardings(cfg, opt, mesh), batch)
-    state = state_lib.abstract_state(cfg, opt, mesh)
+    step_fn, (state, specs) = aot.train_program(cfg, mesh)  # the trainer's own jitted step, from shapes
     with sharding.mesh_context(mesh, cfg.mesh):  # what the wrapper does around the jitted function
         start = time.perf_counter()
-        lowered = step_fn.__wrapped__.trace(state, specs).lower()
+        lowered = step_fn.trace(state, specs).lower()
         traced_s = time.perf_counter() - start
         start = time.perf_counter()
         try:
@@ -69,12 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = config_lib.override(config_lib.preset(args.preset), args.set)
     cfg = dataclasses.replace(cfg, mesh=config_lib.load_mesh(args.mesh))
-    if cfg.mesh.device_kind == "tpu":
-        from interaction_jax import aot
-
-        devices = aot.topology_devices(cfg.mesh)
-    else:
-        devices = jax.devices()[:1]
+    devices = aot.topology_devices(cfg.mesh) if cfg.mesh.device_kind == "tpu" else jax.devices()[:1]
     for scan in args.layouts:
         layout = config_lib.override(cfg, [f"model.scan_layers={scan}"])
         layout = config_lib.validate(layout, len(devices), purpose="train")
