@@ -27,6 +27,7 @@ from interaction_jax import stream
 from interaction_jax.model import cache as kv_cache
 from interaction_jax.model import step as step_lib
 from interaction_jax.testing import random_batch
+from interaction_jax.train import loss as loss_lib
 
 
 def bench_train(cfg: config_lib.Config, steps: int) -> dict:
@@ -38,7 +39,7 @@ def bench_train(cfg: config_lib.Config, steps: int) -> dict:
 
     @jax.jit
     def train_step(params, opt_state, rng):
-        grads, metrics = jax.grad(lambda p: step_lib.loss_fn(p, batch, rng, cfg=cfg), has_aux=True)(params)
+        grads, metrics = jax.grad(lambda p: loss_lib.loss_fn(p, batch, rng, cfg=cfg), has_aux=True)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 

@@ -18,6 +18,7 @@ from interaction_jax.config import ConfigError, KernelsConfig
 from interaction_jax.model import kernels
 from interaction_jax.model import step as step_lib
 from interaction_jax.testing import window_and_chunked_text_logits
+from interaction_jax.train import loss as loss_lib
 from tests.test_train import SMALL
 
 BASE = config_lib.override(
@@ -67,7 +68,7 @@ def test_moe_kernel_dispatches_agree_with_dense_and_train(dispatch):
     batch = random_batch(dense.stream, 5, batch=2, seed=3)
 
     def loss_and_grads(cfg):
-        grad = jax.value_and_grad(lambda p: step_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0])
+        grad = jax.value_and_grad(lambda p: loss_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0])
         return jax.jit(grad)(params)
 
     (want, want_grads), (got, got_grads) = loss_and_grads(dense), loss_and_grads(kernel)
@@ -95,7 +96,7 @@ def test_auto_dispatch_takes_gemv_for_a_chunk_and_gmm_for_a_window(monkeypatch):
     s, limit = cfg.stream, cfg.kernels.moe_gemv_max_tokens
     params = jax.eval_shape(lambda: step_lib.init_params(cfg, jax.random.key(0)))
     batch = random_batch(s, 2, batch=1, seed=3)
-    jax.eval_shape(lambda p: step_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0], params)
+    jax.eval_shape(lambda p: loss_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0], params)
     window = batch["kind"].shape[1]
     assert window > limit and ("moe_gmm_slots", window) in calls
     assert all((name == "moe_gmm_slots") == (n > limit) for name, n in calls)
@@ -120,7 +121,7 @@ def test_bitwise_training_differentiates_and_its_gradients_are_the_fast_paths():
     batch = random_batch(fast.stream, 2, batch=1, seed=3)
 
     def loss(p, cfg):
-        return step_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0]
+        return loss_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0]
 
     (want, want_grads), (got, got_grads) = (
         jax.jit(jax.value_and_grad(lambda p, cfg=cfg: loss(p, cfg)))(params) for cfg in (fast, bitwise)

@@ -14,6 +14,7 @@ from interaction_jax import stream, tokenizer
 from interaction_jax.model import cache as kv_cache
 from interaction_jax.model import step as step_lib
 from interaction_jax.testing import microturn_block, random_chunks
+from interaction_jax.train import loss as loss_lib
 from tests.test_train import SMALL
 
 PAD, SPEAK = tokenizer.PAD, tokenizer.SPEAK
@@ -30,7 +31,7 @@ def _fit_free_logits(targets: np.ndarray, weights: np.ndarray, steps: int = 1500
     def update(logits, state):
         def loss(z):
             z = jnp.broadcast_to(z, (*targets.shape, vocab))
-            return step_lib.text_loss(step_lib.cross_entropy(z, targets), weights)
+            return loss_lib.text_loss(loss_lib.cross_entropy(z, targets), weights)
 
         grads = jax.grad(loss)(logits)
         updates, state = opt.update(grads, state)

@@ -218,6 +218,7 @@ def _cuda_programs(cfg):
     from interaction_jax.model import cache as kv_cache
     from interaction_jax.model import step as step_lib
     from interaction_jax.testing import microturn_block, random_batch, random_chunks
+    from interaction_jax.train import loss as loss_lib
 
     specs = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
     params = jax.eval_shape(lambda: step_lib.init_params(cfg, jax.random.key(0)))
@@ -227,7 +228,7 @@ def _cuda_programs(cfg):
     sampling = step_lib.Sampling.from_config(cfg)
 
     def loss_and_grads(p, b):
-        return jax.value_and_grad(lambda p: step_lib.loss_fn(p, b, jax.random.key(1), cfg=cfg)[0])(p)
+        return jax.value_and_grad(lambda p: loss_lib.loss_fn(p, b, jax.random.key(1), cfg=cfg)[0])(p)
 
     def turn(p, c, blk):
         return step_lib.microturn(p, c, blk, jax.random.key(0), sampling, cfg=cfg)

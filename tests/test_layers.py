@@ -22,6 +22,7 @@ from interaction_jax.model import cache as kv_cache
 from interaction_jax.model import step as step_lib
 from interaction_jax.stream import Kind
 from interaction_jax.testing import random_batch
+from interaction_jax.train import loss as loss_lib
 
 TINY = config_lib.preset("tiny")
 # A smaller-than-tiny model for the end-to-end loss checks (compiles fast on CPU; no video, whose
@@ -679,12 +680,12 @@ def small_batch():
 
 
 def _loss(cfg):
-    return jax.jit(lambda p, b: step_lib.loss_fn(p, b, jax.random.key(5), cfg=cfg))
+    return jax.jit(lambda p, b: loss_lib.loss_fn(p, b, jax.random.key(5), cfg=cfg))
 
 
 def _loss_and_grads(cfg):
     """((loss, metrics), grads) of the loss, one compile."""
-    return jax.jit(jax.value_and_grad(lambda p, b: step_lib.loss_fn(p, b, jax.random.key(5), cfg=cfg), has_aux=True))
+    return jax.jit(jax.value_and_grad(lambda p, b: loss_lib.loss_fn(p, b, jax.random.key(5), cfg=cfg), has_aux=True))
 
 
 @pytest.fixture(scope="module")

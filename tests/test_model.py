@@ -16,6 +16,7 @@ from interaction_jax import sharding, stream, tokenizer
 from interaction_jax.model import cache as kv_cache
 from interaction_jax.model import step as step_lib
 from interaction_jax.testing import microturn_block, random_batch, random_chunks
+from interaction_jax.train import loss as loss_lib
 from tests.fixtures import token_slice
 
 # Smaller than `tiny` (which costs minutes here): what these tests check does not depend on width or
@@ -149,7 +150,7 @@ def test_sharded_forward_and_gradients_match_single_device(tiny_params):
     rng = jax.random.key(7)
 
     def loss_and_grad(params, batch):
-        return jax.value_and_grad(lambda p: step_lib.loss_fn(p, batch, rng, cfg=cfg), has_aux=True)(params)
+        return jax.value_and_grad(lambda p: loss_lib.loss_fn(p, batch, rng, cfg=cfg), has_aux=True)(params)
 
     with sharding.mesh_context(mesh, mesh_cfg):
         params, _ = sharding.init_sharded(
@@ -192,7 +193,7 @@ def test_tiny_overfits_one_batch():
     @jax.jit
     def update(params, opt_state, i):
         rng = jax.random.fold_in(jax.random.key(1), i)
-        (_, metrics), grads = jax.value_and_grad(lambda p: step_lib.loss_fn(p, batch, rng, cfg=cfg), has_aux=True)(
+        (_, metrics), grads = jax.value_and_grad(lambda p: loss_lib.loss_fn(p, batch, rng, cfg=cfg), has_aux=True)(
             params
         )
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -234,7 +235,7 @@ def test_larger_presets_trace_training_and_serving(name):
     s = cfg.stream
     params = jax.eval_shape(lambda r: step_lib.init_params(cfg, r), jax.random.key(0))
     grads = jax.eval_shape(
-        lambda p, b: jax.grad(lambda p: step_lib.loss_fn(p, b, jax.random.key(0), cfg=cfg)[0])(p),
+        lambda p, b: jax.grad(lambda p: loss_lib.loss_fn(p, b, jax.random.key(0), cfg=cfg)[0])(p),
         params,
         abstract_window_batch(cfg, 2),
     )

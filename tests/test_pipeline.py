@@ -13,6 +13,7 @@ from interaction_jax import stream
 from interaction_jax.data import corpus, pipeline, render
 from interaction_jax.data.bank import LiveClips
 from interaction_jax.model import step
+from interaction_jax.train import loss as loss_lib
 
 CFG = config_lib.validate(
     config_lib.override(
@@ -132,7 +133,7 @@ def test_loss_mask_removes_padding_from_the_loss(clips):
     assert 0 < win["loss_mask"].mean() < 0.5
     batch = {k: v[None] for k, v in win.items()}
     params = step.init_params(cfg, jax.random.key(0))
-    loss = jax.jit(lambda b: step.loss_fn(params, b, jax.random.key(1), cfg=cfg)[1])
+    loss = jax.jit(lambda b: loss_lib.loss_fn(params, b, jax.random.key(1), cfg=cfg)[1])
     base = loss(batch)
     padded = win["loss_mask"] == 0
     changed = dict(batch, text=np.where(padded[None] & (win["kind"] == stream.Kind.TEXT_OUT)[None], 65, batch["text"]))

@@ -23,6 +23,7 @@ from interaction_jax.model import cache as kv_cache
 from interaction_jax.model import step as step_lib
 from interaction_jax.model import transformer
 from interaction_jax.testing import random_batch, window_and_chunked_text_logits
+from interaction_jax.train import loss as loss_lib
 from interaction_jax.train import optimizer
 
 # Five layers with dense_every 2: two scanned groups of (MoE, dense) and one MoE layer unrolled after them.
@@ -73,7 +74,7 @@ def batch():
 
 
 def _loss_and_grads(cfg, params, batch):
-    fn = jax.value_and_grad(lambda p: step_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg), has_aux=True)
+    fn = jax.value_and_grad(lambda p: loss_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg), has_aux=True)
     return jax.jit(fn)(params)
 
 
@@ -164,7 +165,7 @@ def test_scanned_serving_ticks_match_the_unrolled_ones_and_the_training_window(p
 def _lowered_grad(cfg) -> str:
     params = jax.eval_shape(lambda: step_lib.init_params(cfg, jax.random.key(0)))
     batch = random_batch(cfg.stream, 1, batch=1, seed=0)
-    grad = jax.grad(lambda p: step_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0])
+    grad = jax.grad(lambda p: loss_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0])
     return jax.jit(grad).lower(params).as_text()
 
 
@@ -187,7 +188,7 @@ def test_the_scanned_program_holds_one_block_body():
 def _loss_jaxpr(cfg):
     params = jax.eval_shape(lambda: step_lib.init_params(cfg, jax.random.key(0)))
     batch = random_batch(cfg.stream, 1, batch=1, seed=0)
-    return jax.make_jaxpr(jax.grad(lambda p: step_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0]))(params)
+    return jax.make_jaxpr(jax.grad(lambda p: loss_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0]))(params)
 
 
 @pytest.mark.parametrize("remat", ["block", "minimal", "save_dot_except_mlp"])

@@ -104,7 +104,7 @@ def test_gradient_accumulation_averages_the_microbatch_gradients(monkeypatch):
         rows = {"text_ce": per_row, "text_weight": jnp.ones_like(per_row), "correct": base[:, 0], "scored": base[:, 1]}
         return jnp.mean(per_row), {"loss": jnp.mean(per_row), "rows": rows}
 
-    monkeypatch.setattr(step_lib.step_lib, "loss_fn", toy_loss)
+    monkeypatch.setattr(step_lib.loss_lib, "loss_fn", toy_loss)
     cfg = small_config("train.grad_accum=2")
     params = {"w": jnp.linspace(-1.0, 1.0, 4 * 3).reshape(4, 3)}
     batch = random_batch(cfg.stream, cfg.train.window_chunks, 6, seed=3)

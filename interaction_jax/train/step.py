@@ -1,8 +1,8 @@
 """`train_step(state, batch) -> (state, metrics)`: one optimizer update over a global batch of windows.
 
-Built on `model/step.loss_fn`, the one forward pass. With `train.grad_accum` = n the batch is cut into n
-microbatches whose gradients are averaged in a `lax.scan`, so a batch that does not fit in memory trains
-with the same update (up to float summation order) as one that does.
+Built on `train/loss.loss_fn` (over `model/step`, the one forward pass). With `train.grad_accum` = n the
+batch is cut into n microbatches whose gradients are averaged in a `lax.scan`, so a batch that does not fit
+in memory trains with the same update (up to float summation order) as one that does.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from interaction_jax import sharding
 from interaction_jax.config import Config
-from interaction_jax.model import step as step_lib
+from interaction_jax.train import loss as loss_lib
 from interaction_jax.train.optimizer import learning_rate
 from interaction_jax.train.state import TrainState
 
@@ -45,7 +45,7 @@ def microbatches(batch: dict, n: int) -> dict:
 
 def _grads(cfg: Config, params, batch: dict, rng: jax.Array) -> tuple[Any, dict]:
     n = cfg.train.grad_accum
-    grad_fn = jax.grad(lambda p, b, r: step_lib.loss_fn(p, b, r, cfg=cfg), has_aux=True)
+    grad_fn = jax.grad(lambda p, b, r: loss_lib.loss_fn(p, b, r, cfg=cfg), has_aux=True)
     if n == 1:
         return grad_fn(params, batch, rng)
 
@@ -75,7 +75,7 @@ def train_step(state: TrainState, batch: dict, *, cfg: Config, optimizer: optax.
 
 def eval_step(params, batch: dict, *, cfg: Config) -> dict:
     """Loss metrics of a held-out batch (no update), with the per-row sums and the rows' tasks."""
-    _, metrics = step_lib.loss_fn(params, model_batch(batch), jax.random.key(0), cfg=cfg)
+    _, metrics = loss_lib.loss_fn(params, model_batch(batch), jax.random.key(0), cfg=cfg)
     return metrics | {"task": batch["task"]}
 
 
