@@ -100,10 +100,6 @@ def chip_of(topology: str) -> Chip:
     return CHIPS[generation]
 
 
-def num_slices(mesh_cfg: config_lib.MeshConfig) -> int:
-    return math.prod(getattr(mesh_cfg.dcn, a) for a in config_lib.MESH_AXES)
-
-
 def topology_devices(mesh_cfg: config_lib.MeshConfig) -> list:
     """Compile-only devices of the mesh config's topology, one slice per dcn step (multislice: each
     device carries its `slice_index`, so `sharding.make_mesh` keeps the ICI axes within a slice)."""
@@ -119,7 +115,7 @@ def topology_devices(mesh_cfg: config_lib.MeshConfig) -> list:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
-    slices = num_slices(mesh_cfg)
+    slices = config_lib.mesh_slices(mesh_cfg)
     kwargs = {"num_slices": slices} if slices > 1 else {}
     try:
         desc = topologies.get_topology_desc(topology_name=mesh_cfg.topology, platform="tpu", **kwargs)
@@ -679,7 +675,14 @@ def compile_plan(cfg: Config, programs: Sequence[str] = ("train", "serve"), sett
             continue
         reports.append(report)
     return CompileReport(
-        cfg.mesh.name, cfg.mesh.topology, num_slices(cfg.mesh), n, chip, tuple(reports), tuple(failures), setting
+        cfg.mesh.name,
+        cfg.mesh.topology,
+        config_lib.mesh_slices(cfg.mesh),
+        n,
+        chip,
+        tuple(reports),
+        tuple(failures),
+        setting,
     )
 
 

@@ -92,8 +92,8 @@ def cmd_plan(argv: list[str]) -> None:
     from interaction_jax import plan
 
     cfg = resolve_config()
-    num_devices = FLAGS.num_devices or plan.default_device_count(cfg.mesh)
-    if num_devices is None:  # a -1 axis: plan for the devices this process sees
+    num_devices, fixed = config_lib.mesh_device_count(cfg.mesh, FLAGS.num_devices)
+    if not fixed:  # a -1 axis: plan for the devices this process sees
         import jax
 
         num_devices = jax.device_count()

@@ -540,11 +540,25 @@ def dump_yaml(cfg: Config) -> str:
 # Validation
 
 
-def implied_devices(mesh: MeshConfig) -> tuple[int, bool]:
-    """(devices the mesh's sizes × dcn imply, whether an axis is -1): with a -1 axis, the fewest devices
-    it allows (any multiple fits)."""
-    rest = any(getattr(mesh.axes, a) == -1 for a in MESH_AXES)
-    return math.prod(abs(getattr(mesh.axes, a)) * getattr(mesh.dcn, a) for a in MESH_AXES), rest
+def mesh_device_count(mesh: MeshConfig, num_devices: int | None = None) -> tuple[int, bool]:
+    """(devices, fixed): how many devices a mesh config runs on, and whether that count is settled.
+
+    The one place the count is worked out (plan, sweep, the pod commands and `plan --compile` ask here).
+    `num_devices` (the caller's own count) settles it when given. Else the axis sizes × dcn do, unless an
+    axis is -1: then the count is the fewest devices the mesh allows (any multiple fits), not settled, and
+    the caller decides (the devices it sees, or the pod's hosts). Pure arithmetic on the config, so it
+    lives here rather than in `sharding.py`: `validate` resolves the mesh against a count, `sharding`
+    imports this module, and the sweep and pod commands use it without loading JAX.
+    """
+    if num_devices:
+        return num_devices, True
+    open_axis = any(getattr(mesh.axes, a) == -1 for a in MESH_AXES)
+    return math.prod(abs(getattr(mesh.axes, a)) * getattr(mesh.dcn, a) for a in MESH_AXES), not open_axis
+
+
+def mesh_slices(mesh: MeshConfig) -> int:
+    """How many slices (ICI domains joined over DCN) a mesh config spans: the product of its dcn sizes."""
+    return math.prod(getattr(mesh.dcn, a) for a in MESH_AXES)
 
 
 def resolve_axis_sizes(mesh: MeshConfig, num_devices: int) -> dict[str, int]:

@@ -119,9 +119,3 @@ def make_plan(cfg: Config, num_devices: int) -> Plan:
         sessions,
         cfg.serve.max_len,
     )
-
-
-def default_device_count(mesh: config_lib.MeshConfig) -> int | None:
-    """The device count a mesh config implies when no axis is -1 (None otherwise)."""
-    count, rest = config_lib.implied_devices(mesh)
-    return None if rest else count

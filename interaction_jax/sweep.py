@@ -281,7 +281,7 @@ def plan_runs(
             )
     _apply(cfg0, sets, "--set")  # unknown keys and bad values in --set are named as such
 
-    devices = num_devices or config_lib.implied_devices(cfg0.mesh)[0]
+    devices, _ = config_lib.mesh_device_count(cfg0.mesh, num_devices)
     planned: list[PlannedRun] = []
     names: dict[str, int] = {}
     for i, overrides in enumerate(sweep.runs):
@@ -532,20 +532,16 @@ def pod_layout(
         )
     if hosts is not None and hosts < 1:
         raise SweepError("--hosts", f"must be at least 1, got {hosts}", "")
-    implied, rest = config_lib.implied_devices(mesh)
-    slices = math.prod(getattr(mesh.dcn, a) for a in config_lib.MESH_AXES)
-    if num_devices:
-        devices = num_devices
-    elif not rest:
-        devices = implied
-    elif hosts:
+    devices, fixed = config_lib.mesh_device_count(mesh, num_devices)
+    slices = config_lib.mesh_slices(mesh)
+    if not fixed:
+        if not hosts:
+            raise SweepError(
+                f"mesh {mesh.name}",
+                "has an axis of -1 (all the devices), so the pod's size is unknown without devices",
+                "pass --hosts N (hosts in the pod), or give the mesh explicit axis sizes",
+            )
         devices = hosts * TPU_CHIPS_PER_HOST
-    else:
-        raise SweepError(
-            f"mesh {mesh.name}",
-            "has an axis of -1 (all the devices), so the pod's size is unknown without devices",
-            "pass --hosts N (hosts in the pod), or give the mesh explicit axis sizes",
-        )
     if hosts is None:
         per_slice = devices // slices
         if devices % slices or (per_slice > TPU_CHIPS_PER_HOST and per_slice % TPU_CHIPS_PER_HOST):

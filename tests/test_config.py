@@ -99,6 +99,16 @@ def test_resolve_axis_sizes_fills_the_rest():
     assert config_lib.resolve_axis_sizes(mesh, 8) == {"data": 4, "fsdp": 1, "seq": 1, "tensor": 2, "expert": 1}
 
 
+def test_mesh_device_count_is_the_callers_count_else_what_the_mesh_settles():
+    fixed = config_lib.MeshConfig(axes=config_lib.AxisSizes(data=1, fsdp=4, tensor=2), dcn=config_lib.AxisSizes(data=2))
+    assert config_lib.mesh_device_count(fixed) == (16, True)
+    assert config_lib.mesh_device_count(fixed, 32) == (32, True)  # the caller's own count wins
+    assert config_lib.mesh_slices(fixed) == 2
+    open_axis = config_lib.MeshConfig(axes=config_lib.AxisSizes(data=-1, tensor=2))
+    assert config_lib.mesh_device_count(open_axis) == (2, False)  # the fewest it allows; not settled
+    assert config_lib.mesh_device_count(open_axis, 8) == (8, True)
+
+
 def test_tml_small_shape_plan_lands_near_the_published_size():
     cfg = dataclasses.replace(
         config_lib.preset("tml-small-shape"), mesh=config_lib.load_mesh("mesh_configs/tpu-v5p-128.yaml")

@@ -210,8 +210,8 @@ def test_every_tpu_mesh_config_names_a_chip_with_published_peaks():
         mesh_cfg = config_lib.load_mesh(f"mesh_configs/{name}.yaml")
         chip = aot.chip_of(mesh_cfg.topology)
         assert name.split("-")[1] == chip.name, name
-        chips = np.prod([int(x) for x in mesh_cfg.topology.split(":")[1].split("x")]) * aot.num_slices(mesh_cfg)
-        assert config_lib.implied_devices(mesh_cfg) == (chips, False), name
+        chips = np.prod([int(x) for x in mesh_cfg.topology.split(":")[1].split("x")]) * config_lib.mesh_slices(mesh_cfg)
+        assert config_lib.mesh_device_count(mesh_cfg) == (chips, True), name
 
 
 def test_every_tpu_mesh_config_lays_its_mesh_over_its_topology():
@@ -220,7 +220,7 @@ def test_every_tpu_mesh_config_lays_its_mesh_over_its_topology():
         mesh_cfg = config_lib.load_mesh(f"mesh_configs/{name}.yaml")
         devices = aot.topology_devices(mesh_cfg)
         mesh = sharding.make_mesh(mesh_cfg, devices)
-        assert mesh.size == len(devices) == config_lib.implied_devices(mesh_cfg)[0], name
+        assert mesh.size == len(devices) == config_lib.mesh_device_count(mesh_cfg)[0], name
         assert aot.chip_of(mesh_cfg.topology).name in name, name
 
 

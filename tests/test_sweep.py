@@ -127,7 +127,7 @@ def test_experts_fit_every_mesh_and_keep_the_active_size():
     checked = 0
     for path in MESHES:
         mesh = config_lib.load_mesh(path)
-        devices, _ = config_lib.implied_devices(mesh)
+        devices, _ = config_lib.mesh_device_count(mesh)
         expert_axis = config_lib.resolve_axis_sizes(mesh, devices)["expert"]
         for overrides in s.runs:
             assert overrides["model.n_experts"] % expert_axis == 0, (path.name, overrides)
