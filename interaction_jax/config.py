@@ -127,6 +127,10 @@ class AxisSizes:
     expert: int = 1
 
 
+# (logical name, mesh axes) pairs in priority order; an empty tuple means replicated.
+LogicalRules = tuple[tuple[str, tuple[str, ...]], ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """A device mesh and the logical-axis rules that map names on tensors onto it (DESIGN §7)."""
@@ -399,7 +403,8 @@ def preset(name: str) -> Config:
 
 
 def to_dict(cfg: Any) -> Any:
-    """The config as plain dicts/lists/scalars (YAML-ready); rules become a mapping."""
+    """The config as plain dicts/lists/scalars (YAML-ready); rules become a mapping of all of them (loaded
+    back, they merge by name onto the defaults, so rules that came from such merges come back the same)."""
     if isinstance(cfg, MeshConfig):
         out = {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
         out["rules"] = {name: list(axes) for name, axes in cfg.rules}
@@ -489,9 +494,26 @@ def _from_dict(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             updates[name] = _from_dict(hint, value, key, getattr(base, name))
+        elif cls is MeshConfig and name == "rules":
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    key,
+                    f"expected a mapping, got {value!r}",
+                    "give the rules that change as {logical name: [mesh axes]}",
+                )
+            updates[name] = merge_rules(base.rules, _coerce(key, value, hint))
         else:
             updates[name] = _coerce(key, value, hint)
     return dataclasses.replace(base, **updates)
+
+
+def merge_rules(base: LogicalRules, changes: LogicalRules) -> LogicalRules:
+    """`base`'s logical-axis rules with `changes` applied by logical name: a name `base` has keeps its place
+    (the priority order) and takes the new mesh axes (`[]`: replicated); a new name is appended, in the
+    order `changes` gives it. No rule is removed."""
+    changed = dict(changes)
+    merged = tuple((name, changed.pop(name, axes)) for name, axes in base)
+    return merged + tuple(changed.items())
 
 
 def from_dict(data: dict, base: Config | None = None) -> Config:
@@ -508,8 +530,15 @@ def load_yaml(path: str | Path, base: Config | None = None) -> Config:
 
 
 def load_mesh(path: str | Path) -> MeshConfig:
-    """A mesh config from one of the `mesh_configs/*.yaml` files: its name, device kind and axes, with
-    `MeshConfig`'s logical-axis rules unless the file gives a `rules:` mapping, which replaces them."""
+    """A mesh config from one of the `mesh_configs/*.yaml` files: its name, device kind, axes (and dcn,
+    topology), on top of `MeshConfig`'s defaults.
+
+    The logical-axis rules live in one place, `MeshConfig.rules`. A file states only the rules it changes,
+    as a `rules:` mapping {logical name: [mesh axes]} merged by name (`merge_rules`): a default rule named
+    there keeps its place in the priority order and takes the file's axes (`[]` replicates); a name the
+    defaults lack is appended after them, in the file's order; every other default stands. The same merge
+    applies to `mesh.rules` in a config YAML and to `--set mesh.rules.<name>=[...]`.
+    """
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     return _from_dict(MeshConfig, data, "mesh", MeshConfig())

@@ -231,9 +231,19 @@ def test_logical_constraint_inside_mesh_context(cpu8):
     assert len(g(x).sharding.device_set) == 1
 
 
-def test_a_mesh_yaml_without_rules_takes_the_default_rules_and_rules_replace_them(tmp_path):
+def test_a_mesh_yaml_states_only_the_rules_it_changes_merged_by_name(tmp_path):
     base = "name: m\ndevice_kind: cpu\naxes: {data: -1}\n"
+    defaults = config.MeshConfig().rules
     (tmp_path / "plain.yaml").write_text(base)
-    (tmp_path / "own.yaml").write_text(base + "rules: {act_batch: [data], embed: []}\n")
-    assert config.load_mesh(tmp_path / "plain.yaml").rules == config.MeshConfig().rules
-    assert config.load_mesh(tmp_path / "own.yaml").rules == (("act_batch", ("data",)), ("embed", ()))
+    (tmp_path / "own.yaml").write_text(base + "rules: {embed: [], new_axis: [tensor], act_batch: [data]}\n")
+    assert config.load_mesh(tmp_path / "plain.yaml").rules == defaults
+    own = config.load_mesh(tmp_path / "own.yaml").rules
+    # a changed rule keeps its place in the priority order; a new one goes last; the rest stand
+    changed = {"embed": (), "act_batch": ("data",)}
+    assert own == (*((name, changed.get(name, axes)) for name, axes in defaults), ("new_axis", ("tensor",)))
+    # the same merge from a config override, and a list (a whole replacement) is refused
+    cfg = config.override(config.preset("tiny"), ["mesh.rules.embed=[tensor]"])
+    assert dict(cfg.mesh.rules) == dict(defaults) | {"embed": ("tensor",)}
+    (tmp_path / "listed.yaml").write_text(base + "rules: [[embed, []]]\n")
+    with pytest.raises(ConfigError, match=r"mesh\.rules"):
+        config.load_mesh(tmp_path / "listed.yaml")

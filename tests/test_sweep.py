@@ -443,9 +443,10 @@ def test_multislice_pods_address_each_slice_by_node_prefix(tmp_path):
 
 def test_pod_host_count_needs_hosts_for_a_minus_one_mesh(tmp_path):
     mesh = tmp_path / "tpu-any.yaml"
-    # rules: {} (everything replicated): the host count is the point here, not the batch sizes' divisibility
+    # the batch axes replicated: the host count is the point here, not the batch sizes' divisibility
     mesh.write_text(
-        "name: tpu-any\ndevice_kind: tpu\naxes: {data: -1, fsdp: 1, seq: 1, tensor: 1, expert: 1}\nrules: {}\n"
+        "name: tpu-any\ndevice_kind: tpu\naxes: {data: -1, fsdp: 1, seq: 1, tensor: 1, expert: 1}\n"
+        "rules: {act_batch: [], cache_batch: []}\n"
     )
     common = dict(mesh=str(mesh), dry_run=True, pod="p", num_devices=None, train_fn=never_train)
     with pytest.raises(ConfigError, match="pass --hosts N"):
