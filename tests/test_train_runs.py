@@ -27,6 +27,7 @@ STEPS = 8
 RUN = (
     *SMALL,
     f"train.steps={STEPS}",
+    "train.warmup_steps=2",  # with the default 100, 8 steps barely move the weights: "it learns" is then noise
     "train.log_every=1",
     "train.checkpoint_every=2",
     "train.eval_every=4",
