@@ -98,6 +98,11 @@ class ModelConfig:
     dense_mlp: int = 512
     # gemv / gmm / auto: the pallas_kernels MoE kernels (auto: gemv up to kernels.moe_gemv_max_tokens)
     moe_dispatch: Literal["dense", "ragged", "gather", "gemv", "gmm", "auto"] = "ragged"
+    # How the ragged and kernel dispatches reach experts sharded over the mesh's 'exp' axes (DESIGN §7):
+    # all_gather (every token to every expert shard, outputs reduce-scattered back) or all_to_all (each
+    # (token, slot) sent only to the shard owning its expert with `ragged_all_to_all`, and back; TPU/GPU
+    # only: XLA:CPU cannot run it). model/expert_parallel.py has the bookkeeping and the trade-off.
+    expert_parallel: Literal["all_gather", "all_to_all"] = "all_gather"
     normalize_topk: bool = True  # renormalise the k routing weights to sum to one
     # how the dMel table starts: "ordinal" (a channel's levels ordered along one direction; learns the
     # input's cues several times faster, docs/results.md) or "normal" (independent random vectors)
@@ -682,6 +687,8 @@ def validate(cfg: Config, num_devices: int | None = None, purpose: Literal["all"
         )
     if m.head_dim % 2:
         raise ConfigError("model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}", "use an even size")
+    if m.expert_parallel not in ("all_gather", "all_to_all"):
+        raise ConfigError("model.expert_parallel", f"unknown {m.expert_parallel!r}", "use all_gather or all_to_all")
     if m.top_k > m.n_experts:
         raise ConfigError("model.top_k", f"top_k {m.top_k} exceeds n_experts {m.n_experts}", "set top_k <= n_experts")
     from interaction_jax import tokenizer  # local: tokenizer imports nothing from here at module level
