@@ -248,7 +248,7 @@ def test_a_finished_run_resumed_shows_no_throughput_and_a_diverged_loss_shows_na
 def test_the_default_trainer_is_train_loop_train_with_the_progress_flag():
     from interaction_jax.train import loop
 
-    quiet = sweep._default_train_fn(progress=False)
+    quiet = sweep.default_train_fn(progress=False)
     assert quiet.func is loop.train and quiet.keywords == {"progress": False}
 
 
