@@ -1,4 +1,4 @@
-"""Top-k: is a second routed expert per token worth its compute (top-1 vs top-2 of 4 experts)?
+"""Top-k: is a second routed expert per token worth its compute (top-1 vs top-2 of tiny's 4 experts)?
 
 Top-2 doubles the expert FLOPs per token. Both runs keep the raw router probabilities as the expert
 weights (`model.normalize_topk=false`): renormalised, the single top-1 weight would always be 1 and

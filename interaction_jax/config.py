@@ -661,17 +661,57 @@ _MAY_BE_ZERO = frozenset(
 _MAY_BE_NEGATIVE = frozenset({"dmel_min", "mel_mean"})
 
 
+# The serve.* keys training reads: the sampling of the behaviour probe (`train.behaviour_episodes`
+# streams held-out episodes through a one-session engine of its own, `model.step.Sampling.from_config`).
+# The other serve.* keys (the server's address, limits, sessions, KV cache, agent, clock) only the
+# server reads, so a training config is not refused over them (validate's purpose="train").
+TRAINING_SERVE_KEYS = frozenset(
+    {"temperature", "top_p", "calibrate_pad", "speak_threshold", "flow_temperature", "flow_steps"}
+)
+
+
+def _validate_server(sv: ServeConfig) -> None:
+    """The checks of the serve.* keys only the server reads."""
+    if sv.agent == "lm" and not sv.agent_workdir:
+        raise ConfigError(
+            "serve.agent_workdir", "the lm agent needs a checkpoint to answer with", "set it to a workdir"
+        )
+    if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", sv.tools_clock):
+        raise ConfigError(
+            "serve.tools_clock", f"{sv.tools_clock!r} is not a time of day", "write it as H:MM, e.g. 9:30"
+        )
+    if sv.port > 65535:
+        raise ConfigError("serve.port", f"{sv.port} is not a TCP port", "use 0 (any free port) to 65535")
+    if sv.max_handshakes > sv.max_connections:
+        raise ConfigError(
+            "serve.max_handshakes",
+            f"{sv.max_handshakes} handshakes cannot be in flight on {sv.max_connections} connections",
+            "set serve.max_handshakes <= serve.max_connections",
+        )
+    for origin in sv.allowed_origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                "serve.allowed_origins",
+                f"{origin!r} is not an origin (a browser sends scheme://host[:port], nothing after)",
+                "write it as e.g. http://localhost:3000",
+            )
+
+
 def validate(cfg: Config, num_devices: int | None = None, purpose: Literal["all", "train", "serve"] = "all") -> Config:
     """Raise ConfigError for the first problem found; return cfg unchanged when it is sound.
 
-    With `num_devices`, mesh-dependent checks run too (divisibility of heads, experts, vocab, batch);
-    `purpose` leaves out the batch check of the other job (training never shapes a serving cache).
+    With `num_devices`, mesh-dependent checks run too (divisibility of heads, experts, vocab, batch).
+    `purpose` checks only what that job reads: "train" leaves out the serve.* keys other than the
+    sampling ones (`TRAINING_SERVE_KEYS`: the server's address, limits, sessions, cache and agent are
+    never read by training), "serve" the training batch's divisibility; "all" checks everything.
     What the scenarios in `data.scenarios` need (known names, episode length, video) is checked by
     `data.scenarios.check_mix`, which knows them.
     """
     for section in ("model", "stream", "train", "serve", "data"):
         sub = getattr(cfg, section)
         for f in dataclasses.fields(sub):
+            if purpose == "train" and section == "serve" and f.name not in TRAINING_SERVE_KEYS:
+                continue
             value = getattr(sub, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if f.name in _MAY_BE_NEGATIVE:
@@ -766,30 +806,8 @@ def validate(cfg: Config, num_devices: int | None = None, purpose: Literal["all"
                 "alignment bitwise needs the batch-invariant kernels, not XLA's",
                 f"set kernels.{op}=auto",
             )
-    sv = cfg.serve
-    if sv.agent == "lm" and not sv.agent_workdir:
-        raise ConfigError(
-            "serve.agent_workdir", "the lm agent needs a checkpoint to answer with", "set it to a workdir"
-        )
-    if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", sv.tools_clock):
-        raise ConfigError(
-            "serve.tools_clock", f"{sv.tools_clock!r} is not a time of day", "write it as H:MM, e.g. 9:30"
-        )
-    if sv.port > 65535:
-        raise ConfigError("serve.port", f"{sv.port} is not a TCP port", "use 0 (any free port) to 65535")
-    if sv.max_handshakes > sv.max_connections:
-        raise ConfigError(
-            "serve.max_handshakes",
-            f"{sv.max_handshakes} handshakes cannot be in flight on {sv.max_connections} connections",
-            "set serve.max_handshakes <= serve.max_connections",
-        )
-    for origin in sv.allowed_origins:
-        if not re.fullmatch(r"https?://[^/\s]+", origin):
-            raise ConfigError(
-                "serve.allowed_origins",
-                f"{origin!r} is not an origin (a browser sends scheme://host[:port], nothing after)",
-                "write it as e.g. http://localhost:3000",
-            )
+    if purpose != "train":
+        _validate_server(cfg.serve)
     if cfg.mesh.device_kind not in ("cpu", "gpu", "tpu"):
         raise ConfigError("mesh.device_kind", f"unknown kind {cfg.mesh.device_kind!r}", "use cpu, gpu or tpu")
     if not 0.0 < cfg.serve.speak_threshold < 1.0:

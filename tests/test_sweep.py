@@ -331,6 +331,24 @@ def test_mesh_checks_use_the_mesh_of_the_sweep(tmp_path):
         run(path, tmp_path, train_fn=FakeTrain(), num_devices=None)
 
 
+def test_a_training_sweep_is_not_refused_over_keys_only_the_server_reads(tmp_path):
+    """serve.max_sessions 4 does not divide the 16 chips of a v5e-16 and the port is no TCP port, but a sweep
+    trains: its runs plan; the same config validated for serving (the control) is refused for both."""
+    mesh = str(ROOT / "mesh_configs/tpu-v5e-16.yaml")
+    sets = ["train.batch_size=32", "serve.port=70000"]
+    results, _ = run(EXPERIMENTS / "top_k.py", tmp_path, mesh=mesh, sets=sets, dry_run=True, num_devices=None)
+    assert [r.status for r in results] == ["planned", "planned"]
+    cfg = sweep.plan_runs(sweep.load_sweep(EXPERIMENTS / "top_k.py"), mesh=mesh, sets=sets)[0].cfg
+    assert cfg.serve.max_sessions == 4 and cfg.serve.port == 70000
+    with pytest.raises(ConfigError, match=r"serve\.port: 70000 is not a TCP port"):
+        config_lib.validate(cfg, 16, purpose="serve")
+    with pytest.raises(ConfigError, match=r"serve\.max_sessions: 4 is not divisible by the 16 devices"):
+        config_lib.validate(dataclasses.replace(cfg, serve=TINY.serve), 16, purpose="serve")
+    # the sampling keys the training run's behaviour probe reads are still checked
+    with pytest.raises(ConfigError, match=r"run 'top_k=1' \(1 of 2\): serve.speak_threshold"):
+        run(EXPERIMENTS / "top_k.py", tmp_path, sets=["serve.speak_threshold=1.5"], dry_run=True)
+
+
 @pytest.mark.parametrize(
     ("body", "sets", "words"),
     [
@@ -430,7 +448,7 @@ def test_multislice_pods_address_each_slice_by_node_prefix(tmp_path):
         tmp_path,
         preset="tml-small-shape",
         mesh=str(ROOT / "mesh_configs/tpu-v5p-128.yaml"),
-        sets=["serve.max_sessions=128", "train.batch_size=256"],
+        sets=["train.batch_size=256"],
         dry_run=True,
         pod="big",
         num_devices=None,

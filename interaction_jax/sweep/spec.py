@@ -18,6 +18,10 @@ on as YAML (`--set key=value`), so a pod run gets exactly the config a local run
 is: preset → mesh → BASE → the run's overrides → `--set` extras (on every run; a `--set` of a key the
 runs set is refused, since it would make the runs alike). A run's name is its swept values as
 `key=value`, joined by commas, with keys shortened to their last part (`chunk_ms=100`).
+
+Every run's config is validated as a training config against the mesh's devices before anything runs
+(`config.validate(..., purpose="train")`: a sweep trains, so the keys only the server reads, such as
+`serve.max_sessions`, are not its concern).
 """
 
 from __future__ import annotations
@@ -257,7 +261,7 @@ def plan_runs(
         run_sets = [assignment(k, v) for k, v in overrides.items()]
         cfg = _apply(cfg0, [*run_sets, *sets], where)
         try:
-            config_lib.validate(cfg, devices)
+            config_lib.validate(cfg, devices, purpose="train")
             scenarios.check_mix(cfg)
         except config_lib.ConfigError as e:
             raise SweepError(where, str(e)) from e
