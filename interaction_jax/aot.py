@@ -58,7 +58,7 @@ CHIPS = {
     "v6e": Chip("v6e", 918.0, 1640.0, 32.0),
 }
 
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "ragged-all-to-all", "collective-permute")
 
 KNOBS = (
     "model.remat=block (recompute each block's activations in the backward pass)",
@@ -83,7 +83,7 @@ def libtpu_available() -> bool:
 def require_libtpu() -> None:
     if not libtpu_available():
         raise LibtpuMissing(
-            "`plan --compile` compiles for TPU without a TPU, which needs libtpu (the version pinned to the "
+            "`--compile` compiles for TPU without a TPU, which needs libtpu (the version pinned to the "
             f"project's jax): {INSTALL_HINT}"
         )
 
@@ -324,8 +324,10 @@ def parse_collectives(hlo: str) -> dict[str, Collective]:
 
     An async pair counts once, at its `-start`. An op's bytes are its larger buffer: the result of an
     all-reduce, all-gather (the gathered array), all-to-all or collective-permute, the input of a
-    reduce-scatter (result × group size). Executions follow the call graph: an op in a while body of
-    n trips counts n times (so a scanned layer stack counts every layer)."""
+    reduce-scatter (result × group size); a ragged all-to-all's result, its receive buffer, whose static
+    size is the routing's worst case (what crosses the links depends on the routing, and is smaller).
+    Executions follow the call graph: an op in a while body of n trips counts n times (so a scanned
+    layer stack counts every layer)."""
     entry, comps = _computations(hlo)
     runs = _runs(entry, comps)
     count = dict.fromkeys(COLLECTIVES, 0)
@@ -607,7 +609,8 @@ class CompileReport:
             "  token; N active parameters) / (time × peak).",
             "XLA's FLOPs and bytes count each while loop's body once (a scanned layer stack: one layer), so",
             "  with loops they are low and so is the HBM term. Collectives: executions per step (loops counted",
-            "  per trip) and bytes of each one's larger buffer, per device, from the optimized HLO.",
+            "  per trip) and bytes of each one's larger buffer, per device, from the optimized HLO (a ragged",
+            "  all-to-all: its receive buffer, sized for the worst routing; the rows it moves are fewer).",
         ]
         return "\n".join(lines)
 
@@ -646,7 +649,10 @@ def compile_plan(cfg: Config, programs: Sequence[str] = ("train", "serve"), sett
     devices = topology_devices(cfg.mesh)
     chip = chip_of(cfg.mesh.topology)
     n = len(devices)
-    shapes_plan = plan_lib.make_plan(cfg, n)  # validates the config against n devices first
+    # validates the config against n devices first, for the programs' jobs only (a train step alone is
+    # not refused over serve.* keys)
+    purpose = programs[0] if set(programs) in ({"train"}, {"serve"}) else "all"
+    shapes_plan = plan_lib.make_plan(cfg, n, purpose)
     mesh = sharding.make_mesh(cfg.mesh, devices)
     reports, failures = [], []
     for key in programs:

@@ -26,12 +26,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from interaction_jax.config import KernelsConfig, ModelConfig
+from interaction_jax.model import expert_parallel as xp
 from interaction_jax.model import kernels as kernels_lib
 from interaction_jax.model import layers
 from interaction_jax.model.layers import param
@@ -105,6 +107,16 @@ def experts_dense(
     return jnp.einsum("end,ne->nd", y.astype(jnp.float32), combine)
 
 
+def _grouped_swiglu(xs: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array, group_sizes) -> jax.Array:
+    """SwiGLU of rows xs [R, D] grouped by expert (`group_sizes` [E]: consecutive rows per expert; rows
+    past their sum come out zero), in the dtype of xs."""
+    dt = xs.dtype
+    h = jax.nn.silu(jax.lax.ragged_dot(xs, w_gate.astype(dt), group_sizes)) * jax.lax.ragged_dot(
+        xs, w_up.astype(dt), group_sizes
+    )
+    return jax.lax.ragged_dot(h, w_down.astype(dt), group_sizes)
+
+
 def _experts_ragged_local(
     x: jax.Array,
     weights: jax.Array,
@@ -122,7 +134,6 @@ def _experts_ragged_local(
     """
     n, k = expert_ids.shape
     n_local = w_gate.shape[0]
-    dt = x.dtype
     local = expert_ids.reshape(-1) - expert_offset
     is_local = (local >= 0) & (local < n_local)
     key = jnp.where(is_local, local, n_local).astype(jnp.int32)
@@ -132,10 +143,7 @@ def _experts_ragged_local(
     order = jax.lax.sort((key, iota), num_keys=1, is_stable=True)[1]
     group_sizes = jnp.bincount(key, length=n_local + 1)[:n_local].astype(jnp.int32)
     xs = jnp.take(x, order // k, axis=0)  # [N·k, D], grouped by expert
-    h = jax.nn.silu(jax.lax.ragged_dot(xs, w_gate.astype(dt), group_sizes)) * jax.lax.ragged_dot(
-        xs, w_up.astype(dt), group_sizes
-    )
-    ys = jax.lax.ragged_dot(h, w_down.astype(dt), group_sizes)
+    ys = _grouped_swiglu(xs, w_gate, w_up, w_down, group_sizes)
     ys = jnp.where(jnp.take(is_local, order)[:, None], ys, jnp.zeros((), ys.dtype))
     inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
     y = jnp.take(ys, inverse, axis=0).reshape(n, k, -1)
@@ -233,6 +241,53 @@ def expert_parallel_axes(n_experts: int) -> tuple[str, ...]:
     return axes
 
 
+class _ParallelLayout(NamedTuple):
+    """How tokens and expert weights split over the mesh inside the expert-parallel shard_map."""
+
+    ep_axes: tuple[str, ...]  # the 'exp' axes: experts in contiguous blocks of n_local
+    token_axes: tuple[str, ...]  # the axes splitting the tokens (batch, then length)
+    gather_axes: tuple[str, ...]  # weight-sharding axes that also split tokens
+    sum_axes: tuple[str, ...]  # weight-sharding axes that do not (partial results are psummed)
+    n_local: int
+    specs: tuple  # (tokens, w_gate/w_up, w_down)
+
+    def shard_map(self, fn, check_vma: bool):
+        tok, up, down = self.specs
+        return jax.shard_map(
+            fn,
+            mesh=jax.sharding.get_abstract_mesh(),
+            in_specs=(tok, tok, tok, up, up, down),
+            out_specs=tok,
+            check_vma=check_vma,
+        )
+
+
+def _parallel_layout(x_shape: tuple[int, ...], w_gate_shape: tuple[int, ...]) -> _ParallelLayout:
+    """The layout for tokens x [B, T, D] and w_gate [E, D, F] under the current mesh and logical rules."""
+    mesh = jax.sharding.get_abstract_mesh()
+    b, t, _ = x_shape
+    n_experts, _, f = w_gate_shape
+    ep_axes = expert_parallel_axes(n_experts)
+    mlp_axes = _dividing([a for a in _mesh_axes("exp_mlp", mesh) if a not in ep_axes], mesh, f)
+    used = set(ep_axes) | set(mlp_axes)
+    batch_axes = _dividing(_mesh_axes("act_batch", mesh), mesh, b)
+    len_axes = _dividing([a for a in _mesh_axes("act_len", mesh) if a not in batch_axes], mesh, t)
+    token_axes = batch_axes + len_axes
+    weight_axes = ep_axes + mlp_axes
+    return _ParallelLayout(
+        ep_axes=ep_axes,
+        token_axes=token_axes,
+        gather_axes=tuple(a for a in token_axes if a in used),
+        sum_axes=tuple(a for a in weight_axes if a not in token_axes),
+        n_local=n_experts // math.prod(mesh.shape[a] for a in ep_axes),
+        specs=(
+            jax.P(_spec_entry(batch_axes), _spec_entry(len_axes), None),
+            jax.P(_spec_entry(ep_axes), None, _spec_entry(mlp_axes)),
+            jax.P(_spec_entry(ep_axes), _spec_entry(mlp_axes), None),
+        ),
+    )
+
+
 def _no_finish(partial: jax.Array, weights: jax.Array) -> jax.Array:
     del weights
     return partial
@@ -273,27 +328,12 @@ def experts_parallel(
        gathered ones, which hands each shard back its own tokens, `psum` over the rest (e.g. the
        tensor axis splitting F in the down-projection); then `finish`.
 
-    Future work: a ragged all-to-all dispatch (`jax.lax.ragged_all_to_all`) sending each assignment
-    only to the shard owning its expert would replace the all-gather/reduce-scatter of all tokens
-    (traffic ∝ ep · tokens) by traffic ∝ k · tokens.
+    `experts_all_to_all` is the other way (`model.expert_parallel: all_to_all`): each assignment is
+    sent only to the shard owning its expert.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    b, t, d = x.shape
-    n_experts, _, f = w_gate.shape
-    ep_axes = expert_parallel_axes(n_experts)
-    mlp_axes = _dividing([a for a in _mesh_axes("exp_mlp", mesh) if a not in ep_axes], mesh, f)
-    used = set(ep_axes) | set(mlp_axes)
-    batch_axes = _dividing(_mesh_axes("act_batch", mesh), mesh, b)
-    len_axes = _dividing([a for a in _mesh_axes("act_len", mesh) if a not in batch_axes], mesh, t)
-    token_axes = batch_axes + len_axes
-    weight_axes = ep_axes + mlp_axes
-    gather_axes = tuple(a for a in token_axes if a in used)
-    sum_axes = tuple(a for a in weight_axes if a not in token_axes)
-    n_local = n_experts // math.prod(mesh.shape[a] for a in ep_axes)
-
-    tok_spec = jax.P(_spec_entry(batch_axes), _spec_entry(len_axes), None)
-    up_spec = jax.P(_spec_entry(ep_axes), None, _spec_entry(mlp_axes))
-    down_spec = jax.P(_spec_entry(ep_axes), _spec_entry(mlp_axes), None)
+    layout = _parallel_layout(x.shape, w_gate.shape)
+    d = x.shape[-1]
+    gather_axes, sum_axes, ep_axes, n_local = layout.gather_axes, layout.sum_axes, layout.ep_axes, layout.n_local
 
     def shard(x, weights, expert_ids, w_gate, w_up, w_down):
         bl, tl, _ = x.shape
@@ -312,13 +352,130 @@ def experts_parallel(
             y = jax.lax.psum(y, sum_axes)
         return finish(y, own_weights).reshape(bl, tl, d)
 
-    return jax.shard_map(
-        shard,
-        mesh=mesh,
-        in_specs=(tok_spec, tok_spec, tok_spec, up_spec, up_spec, down_spec),
-        out_specs=tok_spec,
-        check_vma=check_vma,
-    )(x, weights, expert_ids, w_gate, w_up, w_down)
+    return layout.shard_map(shard, check_vma)(x, weights, expert_ids, w_gate, w_up, w_down)
+
+
+def ragged_rows(rows: jax.Array, group_sizes: jax.Array, w_gate, w_up, w_down) -> jax.Array:
+    """The shard's experts over an expert-major buffer of rows [R, D] (`group_sizes` [E_local]) with
+    `ragged_dot`, in the dtype of the rows (what the ragged dispatch computes before combining in
+    float32, so sending it back in that dtype loses nothing)."""
+    return _grouped_swiglu(rows, w_gate, w_up, w_down, group_sizes)
+
+
+def kernel_rows(rows: jax.Array, group_sizes: jax.Array, w_gate, w_up, w_down, *, dispatch, kc) -> jax.Array:
+    """`ragged_rows` with the MoE kernels (`dispatch` gemv, gmm or auto): float32 [R, D], zero past the
+    filled rows."""
+    expert_ids = xp.row_experts(group_sizes, rows.shape[0])[:, None]
+    return kernels_lib.moe_expert_slots(rows, expert_ids, w_gate, w_up, w_down, dispatch, kc)[:, 0]
+
+
+def _slots(slots: jax.Array, weights: jax.Array) -> jax.Array:
+    del weights  # the kernels combine after the shards' slots are summed (`kernels_lib.moe_combine`)
+    return slots
+
+
+def _ragged_exchange():
+    """`jax.lax.ragged_all_to_all` on TPU and GPU; on XLA:CPU, which cannot run it, its all-gather
+    emulation (same results, more bytes: for testing the all-to-all path on CPU meshes). The platform is
+    the mesh's, so a deviceless TPU compile on a CPU host gets the real collective."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    platform = device.platform if device is not None else jax.default_backend()
+    return xp.ragged_all_to_all_emulated if platform == "cpu" else jax.lax.ragged_all_to_all
+
+
+def _blank_like(rows: jax.Array, n_rows: int) -> jax.Array:
+    """Zeros [n_rows, D] for an exchange to write into, varying over the same mesh axes as `rows` and
+    without a gradient: an invariant buffer would be cast to varying at the collective, and the
+    backward pass would all-reduce its (unused) cotangent, a buffer-sized all-reduce per exchange."""
+    zeros = jnp.zeros((n_rows, *rows.shape[1:]), rows.dtype)
+    vma = tuple(sorted(jax.typeof(rows).mat.varying))  # JAX 0.10's spelling of an aval's `vma`
+    return jax.lax.stop_gradient(jax.lax.pcast(zeros, vma, to="varying") if vma else zeros)
+
+
+def exchanges_tokens(x_shape: tuple[int, ...], w_gate_shape: tuple[int, ...]) -> bool:
+    """Whether the expert axes also split the tokens, so the all-to-all path has tokens to exchange
+    (otherwise every expert shard already holds its group's tokens and the all-gather path gathers none)."""
+    layout = _parallel_layout(x_shape, w_gate_shape)
+    return bool(set(layout.ep_axes) & set(layout.token_axes))
+
+
+def experts_all_to_all(
+    x: jax.Array,
+    weights: jax.Array,
+    expert_ids: jax.Array,
+    w_gate: jax.Array,
+    w_up: jax.Array,
+    w_down: jax.Array,
+    rows=ragged_rows,
+    share=_combine,
+    finish=_no_finish,
+    check_vma: bool = True,
+) -> jax.Array:
+    """`experts_parallel` with each (token, slot) assignment sent only to the shard owning its expert,
+    by `jax.lax.ragged_all_to_all`, and its output sent back (dropless; `model/expert_parallel.py` has
+    the bookkeeping). Inside each shard:
+
+    1. tokens are all-gathered over the weight-sharding axes other than the expert axes that split
+       them (as `experts_parallel` does);
+    2. the assignments are sorted by expert, every shard's per-expert counts all-gathered over the
+       expert axes (ep·E int32), and the rows dispatched: each receiver's buffer is expert-major;
+    3. `rows(buffer, group_sizes, w_gate, w_up, w_down)` computes them ([R, D]) and they go back;
+    4. unsorted into slots [N, k, D], `share(slots, weights)` is the shard's share of its tokens' result
+       (the ragged dispatch combines: `_combine`; the kernels keep the slots), summed as in
+       `experts_parallel`: psum_scatter over step 1's axes, psum over the other weight axes (e.g. a
+       tensor axis splitting F); then `finish(total, weights)`.
+
+    Every expert axis must split the tokens (`exchanges_tokens` for some does; a ValueError for a mix).
+    Runs under a mesh and logical axis rules; x [B, T, D], weights/expert_ids [B, T, k]; float32 [B, T, D].
+    """
+    layout = _parallel_layout(x.shape, w_gate.shape)
+    ep_axes, n_local = layout.ep_axes, layout.n_local
+    if not set(ep_axes) <= set(layout.token_axes):
+        raise ValueError(
+            f"model.expert_parallel=all_to_all: the expert axes {list(ep_axes)} must all split the tokens "
+            f"(the 'act_batch' or 'act_len' rule), but the tokens are split over {list(layout.token_axes)}; "
+            "add the expert axes to those rules or use model.expert_parallel=all_gather"
+        )
+    mesh = jax.sharding.get_abstract_mesh()
+    ep = math.prod(mesh.shape[a] for a in ep_axes)
+    other_gather_axes = tuple(a for a in layout.gather_axes if a not in ep_axes)
+    sum_axes = layout.sum_axes
+    n_experts, d = w_gate.shape[0], x.shape[-1]
+    exchange = _ragged_exchange()
+
+    def shard(x, weights, expert_ids, w_gate, w_up, w_down):
+        bl, tl, _ = x.shape
+        k = expert_ids.shape[-1]
+        x, own_weights, expert_ids = x.reshape(-1, d), weights.reshape(-1, k), expert_ids.reshape(-1, k)
+        weights = own_weights
+        if other_gather_axes:
+            x, weights, expert_ids = (
+                jax.lax.all_gather(a, other_gather_axes, tiled=True) for a in (x, weights, expert_ids)
+            )
+        if sum_axes:  # replicated over these, but each shard uses x for its own F slice
+            x = jax.lax.pcast(x, sum_axes, to="varying")
+        n = x.shape[0]
+        key = expert_ids.reshape(-1)
+        # lax.sort, as in `_experts_ragged_local`, to keep the varying-manual-axes type
+        order = jax.lax.sort((key, jnp.arange(n * k, dtype=jnp.int32)), num_keys=1, is_stable=True)[1]
+        sent = jnp.take(x, order // k, axis=0)  # [N·k, D]: slice g holds the rows for expert g
+        counts = jax.lax.all_gather(xp.assignment_counts(expert_ids, n_experts), ep_axes)  # [ep, E]
+        index = jax.lax.axis_index(ep_axes)
+        buffer = _blank_like(sent, xp.receive_capacity(n, k, ep, n_local))
+        received = exchange(sent, buffer, *xp.dispatch_plan(counts, index, n_local), axis_name=ep_axes)
+        computed = rows(received, xp.received_group_sizes(counts, index, n_local), w_gate, w_up, w_down)
+        back = exchange(
+            computed, _blank_like(computed, n * k), *xp.return_plan(counts, index, n_local), axis_name=ep_axes
+        )
+        inverse = jnp.zeros_like(order).at[order].set(jnp.arange(n * k, dtype=order.dtype))
+        y = share(jnp.take(back, inverse, axis=0).reshape(n, k, d), weights)
+        if other_gather_axes:
+            y = jax.lax.psum_scatter(y, other_gather_axes, scatter_dimension=0, tiled=True)
+        if sum_axes:
+            y = jax.lax.psum(y, sum_axes)
+        return finish(y, own_weights).reshape(bl, tl, d)
+
+    return layout.shard_map(shard, check_vma)(x, weights, expert_ids, w_gate, w_up, w_down)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,7 +522,22 @@ class MoE(nn.Module):
         xc = x.astype(dt)
         k = cfg.top_k
         kernel_slots = functools.partial(kernel_local_slots, dispatch=cfg.moe_dispatch, kc=self.kernels)
-        if cfg.moe_dispatch in ("ragged", *KERNEL_DISPATCHES) and expert_parallel_axes(n_experts):
+        expert_parallel = cfg.moe_dispatch in ("ragged", *KERNEL_DISPATCHES) and expert_parallel_axes(n_experts)
+        if expert_parallel and cfg.expert_parallel == "all_to_all" and exchanges_tokens(xc.shape, w_gate.shape):
+            kernel = cfg.moe_dispatch in KERNEL_DISPATCHES
+            y = experts_all_to_all(
+                xc,
+                weights.reshape(b, t, k),
+                expert_ids.reshape(b, t, k),
+                w_gate,
+                w_up,
+                w_down,
+                functools.partial(kernel_rows, dispatch=cfg.moe_dispatch, kc=self.kernels) if kernel else ragged_rows,
+                _slots if kernel else _combine,
+                kernels_lib.moe_combine if kernel else _no_finish,
+                check_vma=not kernel,
+            )
+        elif expert_parallel:
             local, finish = (
                 (kernel_slots, kernels_lib.moe_combine)
                 if cfg.moe_dispatch in KERNEL_DISPATCHES
