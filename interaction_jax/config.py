@@ -100,8 +100,9 @@ class ModelConfig:
     moe_dispatch: Literal["dense", "ragged", "gather", "gemv", "gmm", "auto"] = "ragged"
     # How the ragged and kernel dispatches reach experts sharded over the mesh's 'exp' axes (DESIGN §7):
     # all_gather (every token to every expert shard, outputs reduce-scattered back) or all_to_all (each
-    # (token, slot) sent only to the shard owning its expert with `ragged_all_to_all`, and back; TPU/GPU
-    # only: XLA:CPU cannot run it). model/expert_parallel.py has the bookkeeping and the trade-off.
+    # (token, slot) sent only to the shard owning its expert with `ragged_all_to_all`, and back; XLA:CPU
+    # cannot run that, so CPU meshes emulate it with all-gathers: same results, for tests). Which moves
+    # fewer bytes depends on top_k against the expert axis: model/expert_parallel.py.
     expert_parallel: Literal["all_gather", "all_to_all"] = "all_gather"
     normalize_topk: bool = True  # renormalise the k routing weights to sum to one
     # how the dMel table starts: "ordinal" (a channel's levels ordered along one direction; learns the

@@ -13,12 +13,16 @@ Everything here is a pure function of `counts` [ep, E] (counts[s, g]: how many o
 assignments go to expert g; each shard all-gathers its row, ep·E int32) and the shard's index, so the
 tests check it on CPU against a numpy simulation of the exchange.
 
-Bytes: the all-gather path moves each token to every expert shard ((ep - 1)·N rows of x out, as many
-float32 rows back by reduce-scatter); this path sends each assignment only to its expert's shard
-(about (ep - 1)/ep · k·N rows each way under balanced routing), so it moves less when top_k < ep and
-more when top_k > ep. Dropless and exact, its receive buffer is sized for the worst case
-(`receive_capacity`), the same size as the all-gather path's routed-token buffer; XLA's HLO shows that
-static size, not the rows that cross the links.
+Bytes per device and MoE layer (forward; the backward mirrors it): the all-gather path moves every
+token to every expert shard, (ep - 1)·N rows of x in the compute dtype out and as many float32 rows back
+(its reduce-scatter sums combined outputs); this path sends each assignment only to its expert's shard,
+about (ep - 1)/ep · k·N rows each way under balanced routing, in the compute dtype (the ragged dispatch's
+outputs are in it; the kernels' come back float32). With bfloat16 that is 2k/(3·ep) of the all-gather
+path's bytes: fewer only when ep > 2k/3 (an expert axis of 6 or more for tml-small-shape's k = 8; not the
+4 of mesh_configs/tpu-v5p-128.yaml). And the routing decides: with everything routed to one shard's
+experts, that shard receives ep times the balanced figure. Dropless and exact, the receive buffer is
+sized for the worst case (`receive_capacity`, the size of the all-gather path's routed-token buffer),
+and that static size is what the compiled HLO shows, not the rows that cross the links.
 
 XLA:CPU cannot run `ragged_all_to_all`; `ragged_all_to_all_emulated` computes its result with
 all-gathers, so the same code runs (and is tested) on CPU meshes, moving more bytes than either path.

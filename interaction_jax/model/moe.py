@@ -18,7 +18,10 @@ The kernel dispatches (`gemv`, `gmm`, `auto`) run `pallas_kernels`' MoE kernels:
 `moe_gemv` for few tokens and `moe_gmm` for many, which compute a token bit-identically.
 
 Expert parallelism (`ragged` or a kernel dispatch on a mesh whose 'exp' axes have more than one
-device): see `experts_parallel`, run inside `jax.shard_map`.
+device), inside `jax.shard_map`, as `model.expert_parallel` says: `experts_parallel` (all_gather: every
+token to every expert shard, outputs reduce-scattered back) or `experts_all_to_all` (all_to_all: each
+assignment only to its expert's shard and back, with `jax.lax.ragged_all_to_all`; the bookkeeping is
+`model/expert_parallel.py`, which says which moves fewer bytes when).
 """
 
 from __future__ import annotations
