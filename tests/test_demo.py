@@ -33,7 +33,7 @@ def test_demo_runs_end_to_end_and_writes_every_artefact(tmp_path):
     flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "").strip()
     env = dict(os.environ, XLA_FLAGS=flags)
     result = subprocess.run(
-        [*cmd, "--out", str(out), "--progress=false"], capture_output=True, text=True, timeout=900, env=env
+        [*cmd, "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=900, env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -19,7 +19,7 @@ def _eval(workdir, out, *sets: str) -> subprocess.CompletedProcess:
     args = ["eval", "--workdir", str(workdir), "--out", str(out), "--episodes", "1", "--seeds", "1"]
     for s in sets:
         args += ["--set", s]
-    cmd = [sys.executable, "-m", "interaction_jax.cli", *args, "--progress=false"]
+    cmd = [sys.executable, "-m", "interaction_jax.cli", *args, "--no-progress"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 

@@ -183,7 +183,7 @@ def test_without_libtpu_compile_says_how_to_install_it(monkeypatch):
 def test_without_libtpu_the_command_fails_with_the_install_line():
     script = (
         "import sys\nfrom interaction_jax import aot, cli\naot.libtpu_available = lambda: False\n"
-        "sys.argv = ['interaction-jax', 'plan', '--preset', 'tiny', '--num_devices', '1', '--compile']\ncli.run()\n"
+        "sys.argv = ['interaction-jax', 'plan', '--preset', 'tiny', '--num-devices', '1', '--compile']\ncli.run()\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result

@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "interaction_jax.cli", *args, "--progress=false"]
+    return [sys.executable, "-m", "interaction_jax.cli", *args]
 
 
 @pytest.mark.slow

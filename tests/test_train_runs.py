@@ -52,7 +52,7 @@ def train_command(workdir: Path, *extra: str) -> list[str]:
         "train",
         "--workdir",
         str(workdir),
-        "--progress=false",
+        "--no-progress",
         *sets,
         *extra,
     ]
@@ -152,10 +152,10 @@ def test_two_processes_of_four_devices_match_one_of_eight(baseline, tmp_path, en
         subprocess.Popen(
             train_command(
                 workdir,
-                "--coordinator_address",
+                "--coordinator-address",
                 address,
-                "--num_processes=2",
-                f"--process_id={i}",
+                "--num-processes=2",
+                f"--process-id={i}",
             ),
             env=env4,
             stdout=subprocess.PIPE,

@@ -34,7 +34,7 @@ def initialize(
     if coordinator_address and (num_processes is None or process_id is None):
         raise ValueError(
             "a coordinator address needs the process count and this process's id too "
-            "(--num_processes and --process_id, or JAX_NUM_PROCESSES and JAX_PROCESS_ID)"
+            "(--num-processes and --process-id, or JAX_NUM_PROCESSES and JAX_PROCESS_ID)"
         )
     # Only the CPU backend reads this; without it CPU arrays cannot be reduced across processes.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
