@@ -83,7 +83,7 @@ def libtpu_available() -> bool:
 def require_libtpu() -> None:
     if not libtpu_available():
         raise LibtpuMissing(
-            "`plan --compile` compiles for TPU without a TPU, which needs libtpu (the version pinned to the "
+            "`--compile` compiles for TPU without a TPU, which needs libtpu (the version pinned to the "
             f"project's jax): {INSTALL_HINT}"
         )
 
@@ -649,7 +649,10 @@ def compile_plan(cfg: Config, programs: Sequence[str] = ("train", "serve"), sett
     devices = topology_devices(cfg.mesh)
     chip = chip_of(cfg.mesh.topology)
     n = len(devices)
-    shapes_plan = plan_lib.make_plan(cfg, n)  # validates the config against n devices first
+    # validates the config against n devices first, for the programs' jobs only (a train step alone is
+    # not refused over serve.* keys)
+    purpose = programs[0] if set(programs) in ({"train"}, {"serve"}) else "all"
+    shapes_plan = plan_lib.make_plan(cfg, n, purpose)
     mesh = sharding.make_mesh(cfg.mesh, devices)
     reports, failures = [], []
     for key in programs:

@@ -149,6 +149,12 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     sweep.add_argument(
         "--num-devices", type=int, help="device count of the mesh checks (default: what the mesh config implies)"
     )
+    sweep.add_argument(
+        "--compile",
+        action="store_true",
+        help="with --dry-run: compile each run's train step for the mesh's TPU topology (needs libtpu) and print "
+        "its memory and estimated step time; a run that does not fit is not launched",
+    )
 
     serve = command("serve", cmd_serve, "a WebSocket server over a workdir's checkpoint", [WORKDIR, SETS, AUTH_TOKEN])
     serve.add_argument("--host", help="the address to listen on (default serve.host, 127.0.0.1)")
@@ -385,19 +391,29 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from interaction_jax import sweep
 
-    results = sweep.run_sweep_command(
-        args.path,
-        preset=args.preset,
-        sets=list(args.sets),
-        workdir_root=args.workdir,
-        dry_run=args.dry_run,
-        pod=args.pod,
-        zone=args.zone,
-        mesh=args.mesh,
-        hosts=args.hosts,
-        num_devices=args.num_devices,
-        progress=args.progress,
-    )
+    missing_libtpu: tuple[type[Exception], ...] = ()  # nothing to catch: without --compile, JAX stays unloaded
+    if args.compile:
+        from interaction_jax import aot
+
+        missing_libtpu = (aot.LibtpuMissing,)
+    try:
+        results = sweep.run_sweep_command(
+            args.path,
+            preset=args.preset,
+            sets=list(args.sets),
+            workdir_root=args.workdir,
+            dry_run=args.dry_run,
+            pod=args.pod,
+            zone=args.zone,
+            mesh=args.mesh,
+            hosts=args.hosts,
+            num_devices=args.num_devices,
+            compile_step=args.compile,
+            progress=args.progress,
+        )
+    except missing_libtpu as e:
+        print(f"sweep --compile: {e}", file=sys.stderr)
+        sys.exit(1)
     if any(r.status == "failed" for r in results):
         sys.exit(1)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -77,8 +78,9 @@ def _leaf_shard_factor(names: tuple, cfg: Config, sizes: dict[str, int], shape: 
     return factor
 
 
-def make_plan(cfg: Config, num_devices: int) -> Plan:
-    config_lib.validate(cfg, num_devices)
+def make_plan(cfg: Config, num_devices: int, purpose: Literal["all", "train", "serve"] = "all") -> Plan:
+    """The plan of `cfg` on `num_devices`, after validating it for `purpose` (`config.validate`)."""
+    config_lib.validate(cfg, num_devices, purpose=purpose)
     sizes = config_lib.resolve_axis_sizes(cfg.mesh, num_devices)
     boxed = jax.eval_shape(functools.partial(step_lib.init_variables, cfg), jax.random.key(0))["params"]
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))

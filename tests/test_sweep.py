@@ -518,3 +518,47 @@ def test_the_trainer_is_imported_only_when_a_run_starts():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------
+# Dry runs with --compile (the compile itself: tests/test_sweep_compile.py, with libtpu)
+
+
+def test_compile_needs_a_dry_run(tmp_path):
+    with pytest.raises(ConfigError, match="--compile: compiles each run's train step in place of training it"):
+        run(EXPERIMENTS / "top_k.py", tmp_path, compile_step=True, train_fn=never_train)
+
+
+def test_compile_without_libtpu_says_how_to_install_it_before_printing(monkeypatch, capsys):
+    from interaction_jax import aot, cli
+
+    monkeypatch.setattr(aot, "libtpu_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["sweep", "experiments/top_k.py", "--dry-run", "--compile"])
+    assert exit_.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("sweep --compile: ") and 'pip install -e ".[tpu-compile]"' in captured.err
+    assert captured.out == ""  # refused before any of the script is printed
+
+
+def test_a_run_that_does_not_fit_is_held_back_and_the_command_fails(tmp_path, monkeypatch, capsys):
+    from interaction_jax import cli
+    from interaction_jax.sweep import deviceless
+
+    def fake_compile(planned):  # stands in for aot.compile_plan: top-2 does not fit
+        if planned.cfg.model.top_k == 2:
+            return deviceless.RunCompile(("train step does not fit", "biggest buffers: x"), "train step does not fit")
+        return deviceless.RunCompile(("HBM total (of 16 GiB)  1.00 GiB (6%)",))
+
+    monkeypatch.setattr(deviceless, "require_libtpu", lambda: None)
+    monkeypatch.setattr(deviceless, "compile_run", fake_compile)
+    results, out = run(EXPERIMENTS / "top_k.py", tmp_path, dry_run=True, compile_step=True, train_fn=never_train)
+    assert [(r.status, r.error) for r in results] == [("planned", None), ("failed", "train step does not fit")]
+    first, second = out.split("\n# run 2/2: top_k=2\n")
+    assert "# HBM total (of 16 GiB)  1.00 GiB (6%)\ninteraction-jax train " in first  # the lines, then the command
+    assert second.startswith("# train step does not fit\n# biggest buffers: x\n# does not fit: not launched\n")
+    assert not [line for line in second.splitlines() if not line.startswith("#")]  # nothing of it runs
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["sweep", "experiments/top_k.py", "--dry-run", "--compile", "--num-devices", "1"])
+    assert exit_.value.code == 1
+    assert "sweep --compile: run top_k=2: train step does not fit" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from interaction_jax.sweep import deviceless
 from interaction_jax.sweep.local import TrainFn, run_local
 from interaction_jax.sweep.pod import pod_layout, print_dry_run
 from interaction_jax.sweep.spec import DEFAULT_WORKDIR_ROOT, SweepError, base_config, load_sweep, plan_runs
@@ -24,6 +25,7 @@ def run_sweep_command(
     mesh: str | None = None,
     hosts: int | None = None,
     num_devices: int | None = None,
+    compile_step: bool = False,
     train_fn: TrainFn | None = None,
     progress: bool = True,
     out: TextIO | None = None,
@@ -33,12 +35,19 @@ def run_sweep_command(
     preset / mesh: the --preset / --mesh flags when given (None: the sweep file's PRESET / MESH); sets:
     the --set flags, applied on top of every run; workdir_root: runs train in
     `<workdir_root>/<sweep>/<run>`; pod / zone / hosts: with dry_run, print per-host TPU pod commands;
-    num_devices: the device count for the mesh checks (default: what the mesh implies); train_fn:
+    num_devices: the device count for the mesh checks (default: what the mesh implies); compile_step:
+    with dry_run, compile each run's train step deviceless for the mesh's TPU topology and print its
+    memory and estimated step time (`sweep.deviceless`; a run that does not fit is held back); train_fn:
     `train(cfg, workdir) -> TrainResult` (default `interaction_jax.train.loop.train`, imported only
     when a run starts, with `progress` bars or not). Raises SweepError (a ConfigError) before anything
-    runs when a run's config is bad. Returns one SweepRun per run.
+    runs when a run's config is bad, aot.LibtpuMissing when compile_step has no libtpu. Returns one
+    SweepRun per run.
     """
     out = out if out is not None else sys.stdout
+    if compile_step and not dry_run:
+        raise SweepError(
+            "--compile", "compiles each run's train step in place of training it", "add --dry-run (and --pod NAME)"
+        )
     if pod is None and (zone or hosts):
         raise SweepError("--zone" if zone else "--hosts", "only applies to a TPU pod", "add --pod NAME --dry-run")
     if pod is not None and not dry_run:
@@ -55,8 +64,10 @@ def run_sweep_command(
         layout = pod_layout(base_config(sweep, preset=preset, mesh=mesh).mesh, hosts=hosts, num_devices=num_devices)
         num_devices = layout[0]
     planned = plan_runs(sweep, preset=preset, mesh=mesh, sets=sets, workdir_root=workdir_root, num_devices=num_devices)
+    if compile_step:
+        deviceless.require_libtpu()
     if dry_run:
-        return print_dry_run(
+        results = print_dry_run(
             sweep,
             planned,
             preset=preset_name,
@@ -66,7 +77,12 @@ def run_sweep_command(
             pod=pod,
             zone=zone,
             layout=layout,
+            check=deviceless.compile_run if compile_step else None,
         )
+        for r in results:
+            if r.error:
+                print(f"sweep --compile: run {r.name}: {r.error}", file=sys.stderr)
+        return results
     extra = {"preset": preset_name, "mesh": mesh_path, "extra_sets": list(sets)}
     summary = f"{workdir_root.rstrip('/')}/{sweep.name}/summary.json"
     return run_local(sweep, planned, train_fn=train_fn, out=out, summary_path=summary, extra=extra, progress=progress)

@@ -7,19 +7,23 @@ coordinator on Cloud TPU by itself. The host count is the mesh's device count ov
 (--hosts overrides it; a mesh with a -1 axis needs it); a multislice mesh (dcn sizes) addresses its
 slices as NAME-0, NAME-1, … (a queued resource's nodes). The output is a shell script: each run's
 hosts start in the background (`&`) and `wait` ends the run before the next one starts. A dry run
-never trains and never asks JAX for devices.
+never trains and never asks JAX for devices; with `--compile` each run's part of the script also
+holds its deviceless compile's memory and step-time lines (`sweep.deviceless`).
 """
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from interaction_jax import config as config_lib
+from interaction_jax.sweep.deviceless import RunCompile
 from interaction_jax.sweep.spec import DEFAULT_WORKDIR_ROOT, PlannedRun, Sweep, SweepError
 from interaction_jax.sweep.summary import SweepRun
+
+Check = Callable[[PlannedRun], RunCompile]
 
 # Chips (= JAX devices) per host VM of a multi-host TPU v4, v5e or v5p slice. Single-host slices with
 # another count (v5e-8: 8 chips on one host) need `hosts=1` (--hosts 1).
@@ -122,6 +126,25 @@ def _portable_path(path: str) -> str:
     return path
 
 
+def _print_run(
+    number: str, run: PlannedRun, commands: list[str], script: list[str], check: Check | None, out: TextIO
+) -> SweepRun:
+    """One run's part of the script: its heading, what `check` says of it, then its script lines
+    (commented out when the check says it cannot run)."""
+    print(f"\n# run {number}: {run.name}", file=out)
+    compiled = check(run) if check else None
+    for line in compiled.lines if compiled else ():
+        print(f"# {line}".rstrip(), file=out)
+    if compiled and compiled.does_not_fit:
+        print("# does not fit: not launched", file=out)
+        for line in script:
+            print(f"# {line}", file=out)
+        return SweepRun(run.name, run.overrides, run.workdir, "failed", error=compiled.does_not_fit, commands=commands)
+    for line in script:
+        print(line, file=out)
+    return SweepRun(run.name, run.overrides, run.workdir, "planned", commands=commands)
+
+
 def print_dry_run(
     sweep: Sweep,
     planned: Sequence[PlannedRun],
@@ -133,14 +156,16 @@ def print_dry_run(
     pod: str | None = None,
     zone: str | None = None,
     layout: tuple[int, int, int] | None = None,
+    check: Check | None = None,
 ) -> list[SweepRun]:
+    """Print the sweep's launch script; `check(run)` (`sweep --compile`: the deviceless compile) adds
+    lines to each run's part and may hold a run back (status failed, its commands commented out)."""
     results = []
     if pod is None:
         print(f"# sweep {sweep.name}: {len(planned)} runs, one after another on this machine", file=out)
         for i, run in enumerate(planned):
             command = shlex.join(train_argv(run, preset=preset, mesh=mesh))
-            print(f"\n# run {i + 1}/{len(planned)}: {run.name}\n{command}", file=out)
-            results.append(SweepRun(run.name, run.overrides, run.workdir, "planned", commands=[command]))
+            results.append(_print_run(f"{i + 1}/{len(planned)}", run, [command], [command], check, out))
         return results
     assert layout is not None
     devices, slices, per_slice = layout
@@ -169,9 +194,6 @@ def print_dry_run(
             slices=slices,
             hosts_per_slice=per_slice,
         )
-        print(f"\n# run {i + 1}/{len(planned)}: {run.name}", file=out)
-        for command in commands:
-            print(f"{command} &", file=out)
-        print("wait", file=out)
-        results.append(SweepRun(run.name, run.overrides, run.workdir, "planned", commands=commands))
+        script = [*(f"{command} &" for command in commands), "wait"]
+        results.append(_print_run(f"{i + 1}/{len(planned)}", run, commands, script, check, out))
     return results
