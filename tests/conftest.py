@@ -8,8 +8,11 @@ keyed by the program, the compile options and the JAX version, so a stale one is
 not size-capped (that needs `filelock`): delete the folder to reclaim the space.
 
 Under xdist's default `--dist load`, the modules in SHARED_FIXTURE_MODULES (costly module fixtures: a
-training run, a trained workdir, a warmed-up engine) each go to one worker as a unit, so the fixture is
-built once rather than once per worker; every other test is load-balanced alone. (Not `--dist
+training run, a trained workdir, a warmed-up engine, the deviceless TPU compiles, one model's weights
+and gradients that several tests compare against) each go to one worker as a unit, so the fixture is
+built once rather than once per worker; a test in SOLO_TESTS (a long one that uses none of its module's
+fixtures) leaves its module's unit, so that the other worker can take it; every other test is
+load-balanced alone. (Not `--dist
 loadgroup` with `xdist_group` marks: with pytest 9.2 and xdist 3.8 it silently stops grouping,
 pytest-dev/pytest-xdist#1386.)
 """
@@ -29,10 +32,15 @@ import pytest
 
 SHARED_FIXTURE_MODULES = {
     f"tests/test_{name}.py"
-    for name in ("train_runs", "silence", "eval_cli", "serve", "serve_limits", "eval", "train", "layers", "model")
+    for name in (
+        *("train_runs", "silence", "eval_cli", "serve", "serve_limits", "eval", "train", "layers", "model"),
+        *("plan_compile", "scan", "alignment"),
+    )
 }
+SOLO_TESTS = {"tests/test_scan.py::test_bitwise_alignment_holds_for_the_scanned_model"}
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: `-p no:xdist` runs without it
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "load":
         return None  # an explicit --dist mode is left to xdist
@@ -44,7 +52,7 @@ def pytest_xdist_make_scheduler(config, log):
 
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return module if module in SHARED_FIXTURE_MODULES else nodeid
+            return module if module in SHARED_FIXTURE_MODULES and nodeid not in SOLO_TESTS else nodeid
 
     return SharedFixtureModules(config, log)
 

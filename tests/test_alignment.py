@@ -9,6 +9,8 @@ depend on the group sizes, the tiny preset's logits still differ by ~1e-6).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -56,22 +58,26 @@ def test_kernel_choice_follows_the_alignment():
         config_lib.validate(config_lib.override(BASE, ["kernels.moe_block_k=128"]))
 
 
+@functools.cache
+def _dispatch_loss_and_grads(dispatch: str):
+    """The loss and gradients of BASE's weights on one batch, with `model.moe_dispatch=dispatch` (the
+    dense reference is computed once for both kernel dispatches)."""
+    from interaction_jax.testing import random_batch
+
+    dense, cfg = (
+        config_lib.validate(config_lib.override(BASE, [f"model.moe_dispatch={d}"])) for d in ("dense", dispatch)
+    )
+    params = step_lib.init_params(dense, jax.random.key(0))
+    batch = random_batch(dense.stream, 5, batch=2, seed=3)
+    grad = jax.value_and_grad(lambda p: loss_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0])
+    return jax.jit(grad)(params)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dispatch", ["gemv", "gmm"])  # `auto` picks one of them: the next test
 def test_moe_kernel_dispatches_agree_with_dense_and_train(dispatch):
     """The model's loss and gradients with the MoE kernels equal the dense dispatch's to float tolerance."""
-    from interaction_jax.testing import random_batch
-
-    dense = config_lib.validate(config_lib.override(BASE, ["model.moe_dispatch=dense"]))
-    kernel = config_lib.validate(config_lib.override(BASE, [f"model.moe_dispatch={dispatch}"]))
-    params = step_lib.init_params(dense, jax.random.key(0))
-    batch = random_batch(dense.stream, 5, batch=2, seed=3)
-
-    def loss_and_grads(cfg):
-        grad = jax.value_and_grad(lambda p: loss_lib.loss_fn(p, batch, jax.random.key(1), cfg=cfg)[0])
-        return jax.jit(grad)(params)
-
-    (want, want_grads), (got, got_grads) = loss_and_grads(dense), loss_and_grads(kernel)
+    (want, want_grads), (got, got_grads) = _dispatch_loss_and_grads("dense"), _dispatch_loss_and_grads(dispatch)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
     for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-3, atol=1e-5)

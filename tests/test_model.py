@@ -183,8 +183,9 @@ def test_sharded_forward_and_gradients_match_single_device(tiny_params):
 
 @pytest.mark.slow
 def test_tiny_overfits_one_batch():
-    """Loss falls by ≥ 90% on one fixed batch within a few hundred steps (the model can learn). The
-    real `tiny`: the smaller model above stalls at ~12% (its one-block flow head cannot fit the mels)."""
+    """Loss falls by ≥ 90% on one fixed batch within 300 steps (the model can learn), with every text
+    token right. The real `tiny`: the smaller model above stalls at ~12% (its one-block flow head cannot
+    fit the mels). It stops at the first step that meets both (measured: step 144)."""
     cfg = config_lib.preset("tiny")
     batch = random_batch(cfg.stream, 5, batch=2, seed=11)
     params = step_lib.init_params(cfg, jax.random.key(0))
@@ -204,8 +205,10 @@ def test_tiny_overfits_one_batch():
     for i in range(300):
         params, opt_state, metrics = update(params, opt_state, i)
         losses.append(float(metrics["loss"]))
+        if len(losses) >= 20 and np.mean(losses[-20:]) <= 0.1 * losses[0] and float(metrics["text_acc"]) == 1.0:
+            break
     first, last = losses[0], float(np.mean(losses[-20:]))
-    assert last <= 0.1 * first, (first, last)
+    assert last <= 0.1 * first, (first, last, len(losses))
     assert float(metrics["text_acc"]) == 1.0
 
 
