@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import numpy as np
 import pytest
 
@@ -22,6 +25,15 @@ DEVICE_CONFIGS = {"pallas_tpu": api.MoEConfig(block_rows=8, block_k=128)}
 
 def _config(implementation):
     return DEVICE_CONFIGS.get(implementation, CONFIG)
+
+
+@functools.cache
+def _jit(op, implementation, config=True):
+    """`op` with `implementation` (and its config, unless `config` is False), jitted once per module: a
+    second call at the same shapes runs the compiled program (the TPU interpreter's programs hold host
+    callbacks, so the persistent cache does not keep them, and an eager call compiles them again)."""
+    kw = {"implementation": implementation} | ({"config": _config(implementation)} if config else {})
+    return jax.jit(functools.partial(op, **kw))
 
 
 D, F = 128, 128
@@ -57,7 +69,7 @@ def test_moe_kernels_match_the_dense_reference(implementation, e, k, routing):
     args = _case(e * 10 + k, t, e, k, _routing(routing, t, e, k))
     want = np.asarray(reference.dense_reference(*args))
     for op in (api.moe_gemv, api.moe_gmm):
-        got = np.asarray(op(*args, config=_config(implementation), implementation=implementation))
+        got = np.asarray(_jit(op, implementation)(*args))
         assert got.shape == (t, D) and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=op.__name__)
 
@@ -68,15 +80,14 @@ def test_gemv_and_gmm_agree_bit_for_bit_whatever_the_batch(implementation):
     for trial in range(3):  # several random routings, token counts and expert counts
         t, e, k = int(rng.integers(1, 20)), int(rng.choice([4, 8, 16])), int(rng.choice([1, 2]))
         args = _case(100 + trial, t, e, k)
-        kw = {"config": _config(implementation), "implementation": implementation}
-        gemv = np.asarray(api.moe_gemv(*args, **kw))
-        gmm = np.asarray(api.moe_gmm(*args, **kw))
+        gemv_op, gmm_op = _jit(api.moe_gemv, implementation), _jit(api.moe_gmm, implementation)
+        gemv, gmm = np.asarray(gemv_op(*args)), np.asarray(gmm_op(*args))
         assert_bitwise(gemv, gmm, f"trial {trial}: gemv vs gmm")
         # The tokens reversed, and the first token alone: each token's row is unchanged.
         x, ids, weights, *w = args
-        back = np.asarray(api.moe_gmm(x[::-1], ids[::-1], weights[::-1], *w, **kw))
+        back = np.asarray(gmm_op(x[::-1], ids[::-1], weights[::-1], *w))
         assert_bitwise(back[::-1], gmm, f"trial {trial}: tokens reversed")
-        alone = np.asarray(api.moe_gemv(x[:1], ids[:1], weights[:1], *w, **kw))
+        alone = np.asarray(gemv_op(x[:1], ids[:1], weights[:1], *w))
         assert_bitwise(alone, gemv[:1], f"trial {trial}: a token alone")
 
 
@@ -107,21 +118,13 @@ def test_non_local_experts_contribute_exactly_zero(implementation):
     t, e, k = 9, 8, 2
     x, ids, weights, w_gate, w_up, w_down = _case(7, t, e, k)
     whole = {
-        op: np.asarray(op(x, ids, w_gate, w_up, w_down, config=_config(implementation), implementation=implementation))
+        op: np.asarray(_jit(op, implementation)(x, ids, w_gate, w_up, w_down))
         for op in (api.moe_gemv_slots, api.moe_gmm_slots)
     }
     for op, want in whole.items():
         halves = [
             np.asarray(
-                op(
-                    x,
-                    ids - lo,
-                    w_gate[lo : lo + 4],
-                    w_up[lo : lo + 4],
-                    w_down[lo : lo + 4],
-                    config=_config(implementation),
-                    implementation=implementation,
-                )
+                _jit(op, implementation)(x, ids - lo, w_gate[lo : lo + 4], w_up[lo : lo + 4], w_down[lo : lo + 4])
             )
             for lo in (0, 4)
         ]
@@ -130,7 +133,7 @@ def test_non_local_experts_contribute_exactly_zero(implementation):
             assert elsewhere.any() and (~elsewhere).any()
             assert (half[elsewhere] == 0).all(), op.__name__
         assert_bitwise(halves[0] + halves[1], want, op.__name__)
-        combined = api.moe_combine(halves[0] + halves[1], weights, implementation=implementation)
+        combined = _jit(api.moe_combine, implementation, config=False)(halves[0] + halves[1], weights)
         np.testing.assert_allclose(
             np.asarray(combined), reference.dense_reference(x, ids, weights, w_gate, w_up, w_down), rtol=1e-5, atol=1e-5
         )
@@ -211,10 +214,10 @@ def test_an_expert_width_off_the_block_is_zero_padded_exactly(implementation):
     pad = ((0, 0), (0, 0), (0, f_padded - f))
     padded = (np.pad(w_gate, pad), np.pad(w_up, pad), np.pad(w_down, ((0, 0), (0, f_padded - f), (0, 0))))
     want = np.asarray(reference.dense_reference(x, ids, weights, w_gate, w_up, w_down))
-    kw = {"config": config, "implementation": implementation}
     got = {}
     for op in (api.moe_gemv, api.moe_gmm):
-        got[op] = np.asarray(op(x, ids, weights, w_gate, w_up, w_down, **kw))
+        got[op] = np.asarray(_jit(op, implementation)(x, ids, weights, w_gate, w_up, w_down))
         np.testing.assert_allclose(got[op], want, rtol=1e-5, atol=1e-5, err_msg=op.__name__)
-        assert_bitwise(got[op], op(x, ids, weights, *padded, **kw), f"{op.__name__}: F {f} vs zero-padded {f_padded}")
+        padded_got = _jit(op, implementation)(x, ids, weights, *padded)
+        assert_bitwise(got[op], padded_got, f"{op.__name__}: F {f} vs zero-padded {f_padded}")
     assert_bitwise(got[api.moe_gemv], got[api.moe_gmm], "gemv vs gmm")
