@@ -120,6 +120,20 @@ class HeldOut:
         return out
 
 
+def short_window_warning(cfg: Config) -> str | None:
+    """Why windows shorter than an episode train a model that behaves differently when served; None
+    when a window holds a whole episode."""
+    if cfg.train.window_chunks >= cfg.data.episode_chunks:
+        return None
+    return (
+        f"train.window_chunks={cfg.train.window_chunks} is shorter than an episode "
+        f"(data.episode_chunks={cfg.data.episode_chunks}): every window after an episode's first starts "
+        "with an empty cache at a later position, a context no served session has (it keeps every chunk "
+        "since position 0), so what the model learns late in a window it does not do when served "
+        "(docs/data.md, Windows); set train.window_chunks to the episode length"
+    )
+
+
 def train(
     cfg: Config,
     workdir: str | Path,
@@ -142,6 +156,8 @@ def train(
     t = cfg.train
     config_lib.validate(cfg, jax.device_count(), purpose="train")
     scenarios.check_mix(cfg)  # before the clip bank and the compile
+    if warning := short_window_warning(cfg):
+        logging.warning(warning)
     mesh = sharding.make_mesh(cfg.mesh)
     opt = optimizer.make_optimizer(t)
     shardings = state_lib.state_shardings(cfg, opt, mesh)
