@@ -88,7 +88,8 @@ def xla_attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array)
     visible = visible[:, None, None]
     scores = jnp.where(visible, scores, -jnp.inf)
     peak = jnp.max(scores, axis=-1, keepdims=True)
-    weights = jnp.where(visible, jnp.exp(scores - jnp.maximum(peak, -1e30)), 0.0)
+    # exp(-inf) is exactly 0, so the masked weights need no second `where` (bit-identical, one pass less).
+    weights = jnp.exp(scores - jnp.maximum(peak, -1e30))
     weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
     # A masked weight is exactly 0, but 0 · NaN is NaN: zero the values past the last slot any query
     # of the row can see (unwritten or stale), so nothing left there can reach the output. Slots up to
