@@ -20,6 +20,7 @@ import pytest
 
 from interaction_jax import config as config_lib
 from interaction_jax.model import expert_parallel as xp
+from interaction_jax.model import kernels as kernels_lib
 from interaction_jax.model import moe
 from tests import test_moe
 
@@ -300,10 +301,12 @@ def test_expert_parallel_value_is_checked():
 
 
 @pytest.mark.compile
-def test_the_all_to_all_path_compiles_for_tpu_with_ragged_all_to_all():
-    """The MoE module's train-step gradient on 8 v5e chips, experts and tokens over an expert axis of 8:
-    the all_to_all path compiles to ragged-all-to-alls (dispatch and return, forward and backward) and
-    no reduce-scatter; the all_gather path to all-gathers and reduce-scatters and no ragged one."""
+@pytest.mark.parametrize("dispatch", ["ragged", "gmm"])
+def test_the_all_to_all_path_compiles_for_tpu_with_ragged_all_to_all(dispatch):
+    """The MoE module's train-step gradient on 8 v5e chips, experts and tokens over an expert axis of 8,
+    with ragged_dot or the MoE kernels (Mosaic): the all_to_all path compiles to ragged-all-to-alls
+    (dispatch and return, forward and backward) and no reduce-scatter; the all_gather path to
+    all-gathers and reduce-scatters and no ragged one."""
     from interaction_jax import aot
 
     if not aot.libtpu_available():
@@ -335,17 +338,19 @@ def test_the_all_to_all_path_compiles_for_tpu_with_ragged_all_to_all():
             shared_expert_mlp=0,
             dtype="bfloat16",
             expert_parallel=expert_parallel,
+            moe_dispatch=dispatch,
         )
-        module = moe.MoE(cfg)
+        module = moe.MoE(cfg, kernels=config_lib.KernelsConfig())
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             abstract = jax.eval_shape(module.init, key, x, mask)
         shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
         params = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(abstract), shardings
         )["params"]
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        with kernels_lib.compiled_for("tpu"), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             loss = lambda p, x: jnp.sum(module.apply({"params": p}, x, mask)[0].astype(jnp.float32))
             compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile()
+        assert ("pallas_call" in compiled.as_text()) == (dispatch == "gmm")  # the MoE kernel, compiled
         return aot.parse_collectives(compiled.as_text())
 
     exchanged, gathered = collectives("all_to_all"), collectives("all_gather")
