@@ -28,7 +28,6 @@ import numpy as np
 from interaction_jax import stream, tokenizer
 from interaction_jax.data import pipeline, render
 from interaction_jax.eval import report
-from interaction_jax.model import cache as kv_cache
 from interaction_jax.model import step as step_lib
 from interaction_jax.train import checkpoint
 
@@ -37,20 +36,16 @@ QUIET_SLOTS = 8  # PAD slots before an onset (or a silent slot) for it to count 
 
 
 def text_logits_fn(cfg):
-    """params, window batch → text logits [1, T, V], from an empty cache: how a training window runs."""
-
-    def forward(params, batch):
-        cache = kv_cache.init_cache(cfg.model, 1, batch["kind"].shape[1])
-        hidden = step_lib.step(params, cache, batch, cfg=cfg)[0]
-        return step_lib.text_logits(params, hidden, cfg=cfg)
-
-    return jax.jit(forward)
+    """params, window batch → text logits [1, T, V], run as training runs a window (`step.window_forward`)."""
+    return jax.jit(
+        lambda params, batch: step_lib.text_logits(params, step_lib.window_forward(params, batch, cfg=cfg)[0], cfg=cfg)
+    )
 
 
 def decision_probabilities(forward, cfg, params, episode, window_chunks: int) -> list[tuple[int, bool, float]]:
     """(chunk, is_onset, calibrated p(speak)) at every decision slot out of silence of the episode, cut
     into windows of `window_chunks` chunks each starting with an empty cache."""
-    bias = step_lib.pad_logit_bias(cfg.train.pad_weight)
+    bias = step_lib.pad_logit_bias(cfg.train.pad_weight) if cfg.serve.calibrate_pad else 0.0  # as decoded
     starts = np.array([stream.chunk_start(cfg.stream, c) for c in range(cfg.data.episode_chunks + 1)])
     out = []
     for window in render.episode_windows(episode, cfg.stream, window_chunks):
