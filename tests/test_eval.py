@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import jax
@@ -279,7 +280,15 @@ def test_the_data_scores_perfectly_on_its_own_episodes(scenario, clips):
     payloads, _ = render.chunk_payloads(ep, S)
     text = np.stack([p.text_out for p in payloads])
     m = behaviour.episode_metrics(scenario, ep.annotations, text, S, reference_text=text)
-    assert m["text_agreement"] == 1.0 and m["text_cer"] == 0.0
+    assert m["text_agreement"] == 1.0 and m["text_cer"] == 0.0 and m["text_cer_drawn"] == 0.0
+    # the lines the data drew are among those it could have drawn, and another draw scores 0 as well
+    lines = ep.annotations["model_lines"]
+    assert lines and all(len(line["choices"]) >= 1 for line in lines)
+    other = " ".join(c for c in (line["choices"][-1] for line in lines) if c)
+    assert (
+        behaviour.nearest_lines_distance(other.lower(), [[c.lower() for c in line["choices"]] for line in lines])[0]
+        == 0
+    )
     perfect = {
         "turn_taking": {"reply_on_time": 1.0, "reply_missed": 0.0, "pause_false_start": 0.0, "talk_over_rate": 0.0},
         "backchannel": {"backchannel_hit": 1.0 if ep.annotations.get("backchannels") else None, "talk_over_rate": 0.0},
@@ -315,6 +324,48 @@ def test_character_error_rate_of_the_words_said():
     assert cer(silent()) == 1.0  # saying nothing deletes every character
     assert cer(say(silent(), 3, "<speak>Sure,it's<speak>four.")) == pytest.approx(1 / 16)  # a missing word break
     assert behaviour.character_error_rate(reference, silent()) is None  # nothing to say: no CER
+
+
+def _levenshtein(a: str, b: str) -> int:  # the textbook recurrence, as the control
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        diagonal, row[0] = row[0], i
+        for j, y in enumerate(b, start=1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
+    return row[-1]
+
+
+def test_nearest_lines_distance_is_the_minimum_over_every_reference_the_lines_allow():
+    """Against brute force over every combination of choices (random small cases): the fewest edits and,
+    of the references that tie, the longest."""
+    rng = np.random.default_rng(0)
+    word = lambda n: "".join(rng.choice(list("abc"), n))
+    for _ in range(200):
+        a, b = word(rng.integers(0, 8)), word(rng.integers(0, 8))
+        assert behaviour.edit_distance(a, b) == _levenshtein(a, b)
+        lines = [[word(rng.integers(0, 4)) for _ in range(rng.integers(1, 4))] for _ in range(rng.integers(1, 4))]
+        hypothesis = "".join(rng.choice(list("ab c"), rng.integers(0, 10)))
+        references = {" ".join(c for c in combo if c) for combo in itertools.product(*lines)}
+        best = min((_levenshtein(hypothesis, r), -len(r)) for r in references)
+        assert behaviour.nearest_lines_distance(hypothesis, lines) == (best[0], -best[1]), (hypothesis, lines)
+
+
+def test_words_cer_scores_against_the_nearest_line_the_data_could_draw():
+    """A reply the data draws at random from a few lines is scored against the nearest of them: another
+    line of the set is as right as the one drawn (CER 0), which `text_cer_drawn` counts as wrong; an
+    optional line ("") may be said or left out; gibberish stays wrong either way."""
+    reference = say(silent(), 3, "<speak>that<speak>is<speak>good<eot>")
+    lines = [["that is good", "how nice"], ["okay", ""]]
+    annotations = {"model_lines": [{"start": 0.6, "choices": lines[0]}, {"start": 2.0, "choices": lines[1]}]}
+    scored = lambda text: behaviour.common(annotations, text, S, reference_text=reference)
+    other = scored(say(silent(), 3, "<speak>how<speak>nice<eot>"))
+    assert other["text_cer"] == 0.0 and other["text_cer_drawn"] == pytest.approx(10 / 12)
+    assert scored(say(silent(), 3, "<speak>how<speak>nice<eot><speak>okay<eot>"))["text_cer"] == 0.0
+    assert scored(say(silent(), 3, "<speak>how<speak>nicer<eot>"))["text_cer"] == pytest.approx(1 / 8)
+    gibberish = scored(say(silent(), 3, "<speak>okahis<speak>oh<eot>"))
+    assert gibberish["text_cer"] > 0.5 and gibberish["text_cer_drawn"] > 0.5
+    assert scored(silent())["text_cer"] == 1.0
+    assert behaviour.common({}, reference, S, reference_text=reference)["text_cer"] == 0.0  # no lines: as drawn
 
 
 def test_gates_are_checked_against_the_aggregates():

@@ -457,6 +457,48 @@ def assert_acknowledged(request_end: float, ack: dict, ack_end: float, then: dic
     assert then["start"] >= ack_end + C - 1e-9
 
 
+# The lines each scenario draws its words from at random (`model_lines`: the words CER's references).
+DRAWN_FROM = {
+    "turn_taking": {corpus.REPLIES},
+    "backchannel": {corpus.BACKCHANNELS},
+    "interruption": {corpus.LONG_REPLIES, corpus.INTERRUPTION_ANSWERS},
+    "time_speak": {corpus.ACKNOWLEDGEMENTS, corpus.TIMER_RESPONSES},
+    "cue_speak": {corpus.ACKNOWLEDGEMENTS, *corpus.CUE_RESPONSES.values()},
+    "rep_count": {corpus.ACKNOWLEDGEMENTS},
+    "delegate": {(corpus.LET_ME_CHECK, "")},
+}
+
+
+@pytest.mark.parametrize("name", scenarios.names())
+def test_model_lines_name_what_each_utterance_was_drawn_from(name):
+    """Every utterance has its line, at its start, with the words said among the choices; a drawn line's
+    choices are its whole set (a backchannel's: those that fit the pause), a cut one's cut to as many
+    words; a line that is always the same (a count, a delegate's answer) has one choice; "let me check" is
+    a line whether it was said or not, as is a backchannel."""
+    norm = lambda line, words=None: " ".join(line.split()[:words])
+    sets = [sorted({norm(x) for x in lines}) for lines in DRAWN_FROM[name]]
+    for ep in episodes(name):
+        lines, said = ep.annotations["model_lines"], ep.annotations["model_utterances"]
+        starts = [line["start"] for line in lines]
+        assert starts == sorted(starts) and len(lines) >= len(said) and lines
+        for u in said:
+            (line,) = [line for line in lines if line["start"] == pytest.approx(u["start"])]
+            words = max(len(c.split()) for c in line["choices"]) if u["cut"] else None
+            assert norm(u["text"], words) in line["choices"]
+            if u["cut"]:
+                assert line["choices"] == sorted({norm(x, words) for x in corpus.LONG_REPLIES})
+            elif name == "backchannel":
+                assert "" in line["choices"] and set(line["choices"]) <= {"", *corpus.BACKCHANNELS}
+            elif len(line["choices"]) > 1:
+                assert line["choices"] in sets, line
+        if name == "backchannel":  # every pause that could hold one has a line, acknowledged or not
+            assert len(lines) >= len(ep.annotations["backchannels"])
+        if name == "delegate":
+            optional = [line for line in lines if "" in line["choices"]]
+            assert len(optional) == len(ep.annotations["delegations"])
+            assert all(line["choices"] == ["", corpus.LET_ME_CHECK] for line in optional)
+
+
 def test_time_speak():
     typed = 0
     for ep in episodes("time_speak"):

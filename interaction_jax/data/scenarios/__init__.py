@@ -19,6 +19,9 @@ Annotations (JSON-able; times in stream seconds, chunk indices as ints). Every s
 - `user_utterances`: [{start, end, text, pauses: [[s, e], …], typed}] — for typed text, start is when
   typing begins and end is the end of the chunk in which its last token lands.
 - `model_utterances`: [{start, end, text, cut}].
+- `model_lines`: [{start, choices}] every line the model says or could say, in order: the lines the scenario
+  drew it from at random ("" where it may say nothing), cut like the utterance; the words CER scores
+  against the nearest of them (`common.EpisodeBuilder.could_say`).
 - `noise_level`: amplitude of the user's background noise; `user_voice`: the user's Voice.name.
 
 Each scenario's own keys are listed in its module's docstring.

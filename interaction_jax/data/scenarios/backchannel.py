@@ -61,9 +61,12 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
     for pause_start, pause_end in after_statements:
         onset = b.reply_chunk(pause_start)
         fitting = [c for c in acknowledgements if b.model_end(onset, c) <= pause_end]
+        choices = ["", *(c.text for c in fitting)]  # acknowledged or not by a coin the model cannot hear
         if fitting and b.rng.random() < ACKNOWLEDGE_PROBABILITY:
-            b.say_model(pick(b.rng, fitting), onset)
+            b.say_model(pick(b.rng, fitting), onset, choices=choices)
             backchannels.append({"pause": [b.seconds(pause_start), b.seconds(pause_end)], "onset_chunk": onset})
+        elif fitting:
+            b.could_say(choices, onset)
     b.annotate(backchannels=backchannels)
     return b.build()
 

@@ -267,6 +267,7 @@ class EpisodeBuilder:
         self._model_spans: list[tuple[int, int]] = []
         self._user_utterances: list[dict[str, Any]] = []
         self._model_utterances: list[dict[str, Any]] = []
+        self._model_lines: list[dict[str, Any]] = []  # what the model could say, in order (`could_say`)
         self._annotations: dict[str, Any] = {}
 
     # --- time ---------------------------------------------------------------------------------
@@ -387,7 +388,7 @@ class EpisodeBuilder:
         return ack.end + self.chunk
 
     def say_acknowledgement(self, ack: Acknowledgement) -> None:
-        self.say_model(ack.clip, ack.onset)
+        self.say_model(ack.clip, ack.onset, choices=corpus.ACKNOWLEDGEMENTS)
 
     def add_user_tokens(self, tokens: Sequence[int], time_s: float) -> None:
         self._user_text.append(TextEvent(float(time_s), tuple(int(t) for t in tokens)))
@@ -403,9 +404,16 @@ class EpisodeBuilder:
         self._user[start : start + tone.size] += tone
         return start + tone.size
 
-    def say_model(self, clip: Clip, onset_chunk: int, cut: int | None = None) -> tuple[int, int]:
+    def say_model(
+        self, clip: Clip, onset_chunk: int, cut: int | None = None, choices: Sequence[str] = ()
+    ) -> tuple[int, int]:
         """The model says `clip` from the start of chunk `onset_chunk`, stopping at sample `cut` if given
-        (with a fade); each word spoken becomes a text event at its onset, then EOT. Returns (start, end)."""
+        (with a fade); each word spoken becomes a text event at its onset, then EOT. Returns (start, end).
+
+        `choices` are the lines the scenario drew `clip`'s line from at random ("" where it may say nothing
+        instead), so that nothing the model hears tells them apart: the words CER scores the model against
+        the nearest of them (`eval/behaviour.py`), the line drawn included. A cut utterance's choices are cut
+        to as many words as were said of it."""
         start = self.chunk_start(onset_chunk)
         natural_end = start + clip.audio.size
         end = natural_end if cut is None else min(cut, natural_end)
@@ -425,7 +433,16 @@ class EpisodeBuilder:
         self._model_utterances.append(
             {"start": self.seconds(start), "end": self.seconds(end), "text": clip.text, "cut": end < natural_end}
         )
+        said = " ".join(pieces)
+        words = len(said.split()) if end < natural_end else None
+        self.could_say([said, *(" ".join(line.split()[:words]) for line in choices)], onset_chunk)
         return start, end
+
+    def could_say(self, choices: Sequence[str], onset_chunk: int) -> None:
+        """Record a line the model could say from chunk `onset_chunk`: one of `choices`, drawn at random by
+        the scenario ("" where it may say nothing instead). `say_model` records each line it says; a line
+        the scenario drew as unsaid is recorded here alone."""
+        self._model_lines.append({"start": self.chunk_time(onset_chunk), "choices": sorted(set(choices))})
 
     def annotate(self, **values: Any) -> None:
         self._annotations.update(values)
@@ -447,6 +464,7 @@ class EpisodeBuilder:
             "model_speech": sorted(_span(a, b, self.sample_rate) for a, b in self._model_spans),
             "user_utterances": sorted(self._user_utterances, key=lambda u: u["start"]),
             "model_utterances": sorted(self._model_utterances, key=lambda u: u["start"]),
+            "model_lines": sorted(self._model_lines, key=lambda u: u["start"]),
             "noise_level": self.noise_level,
             "user_voice": self.voice.name,
             **self._annotations,

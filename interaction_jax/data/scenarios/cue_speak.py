@@ -121,7 +121,7 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
         else:
             b.add_beep(plan.cue_sample)
             cue_s = b.seconds(plan.cue_sample)
-        _, response_end = b.say_model(plan.response, plan.onset_chunk)
+        _, response_end = b.say_model(plan.response, plan.onset_chunk, choices=corpus.CUE_RESPONSES[plan.kind])
         cues.append(
             {
                 "kind": plan.kind,

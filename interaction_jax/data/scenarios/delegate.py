@@ -136,8 +136,10 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
         b.place_user(plan.question, plan.start)
         request_time = b.chunk_time(plan.request_chunk)
         b.add_model_tokens(plan.request_tokens, request_time)
-        if plan.let_me_check is not None:
-            b.say_model(plan.let_me_check, plan.let_me_check_chunk)
+        if plan.let_me_check is not None:  # said in half the delegations, by a coin the model cannot hear
+            b.say_model(plan.let_me_check, plan.let_me_check_chunk, choices=(corpus.LET_ME_CHECK, ""))
+        else:
+            b.could_say((corpus.LET_ME_CHECK, ""), plan.let_me_check_chunk)
         result_time = b.seconds(plan.result_sample)
         b.add_user_tokens(plan.result_tokens, result_time)
         if plan.interjection is not None:

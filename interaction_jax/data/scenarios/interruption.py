@@ -90,9 +90,9 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
     b.place_user(plan.statement, plan.start)
     cut_chunk = plan.barge_in_start // b.chunk  # the chunk the barge-in starts in is the model's last
     cut = b.chunk_start(cut_chunk + 1)
-    b.say_model(plan.reply, plan.reply_chunk, cut=cut)
+    b.say_model(plan.reply, plan.reply_chunk, cut=cut, choices=corpus.LONG_REPLIES)
     _, barge_in_end = b.place_user(plan.barge_in, plan.barge_in_start)
-    b.say_model(plan.answer, b.reply_chunk(barge_in_end))
+    b.say_model(plan.answer, b.reply_chunk(barge_in_end), choices=corpus.INTERRUPTION_ANSWERS)
     b.annotate(barge_in=b.seconds(plan.barge_in_start), cut=b.seconds(cut), cut_chunk=cut_chunk)
     return b.build()
 

@@ -74,7 +74,7 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
     while (plan := first_that_fits(_draw, b, start)) is not None:
         b.place_request(plan.request)
         b.say_acknowledgement(plan.acknowledgement)
-        _, response_end = b.say_model(plan.response, plan.onset_chunk)
+        _, response_end = b.say_model(plan.response, plan.onset_chunk, choices=corpus.TIMER_RESPONSES)
         requests.append(
             {
                 "n": plan.seconds,

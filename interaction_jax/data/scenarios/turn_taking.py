@@ -58,7 +58,7 @@ def make(seed: int, ctx: ScenarioContext) -> Episode:
             break
         layout, onset, reply = exchange
         _, user_end = b.place_user(layout, start)
-        _, model_end = b.say_model(reply, onset)
+        _, model_end = b.say_model(reply, onset, choices=corpus.REPLIES)
         replies.append({"user_end": b.seconds(user_end), "onset_chunk": onset})
         start = model_end + b.samples(b.rng.uniform(*USER_RESTART_S))
     if not replies:
