@@ -71,7 +71,7 @@ def _leaf_shard_factor(names: tuple, cfg: Config, sizes: dict[str, int], shape: 
         if name is None:
             continue
         axes = [a for a in cfg.mesh.rule(name) if a not in used]
-        n = math.prod(sizes[a] for a in axes)
+        n = config_lib.axes_size(sizes, axes)
         if n > 1 and dim % n == 0:
             factor *= n
             used.update(axes)
@@ -102,10 +102,10 @@ def make_plan(cfg: Config, num_devices: int, purpose: Literal["all", "train", "s
         per_device += count * 4 / _leaf_shard_factor(names, cfg, sizes, value.shape)
     m = cfg.model
     active = total - expert + expert * m.top_k // m.n_experts
-    cache_batch = math.prod(sizes[a] for a in cfg.mesh.rule("cache_batch"))
+    cache_batch = config_lib.axes_size(sizes, cfg.mesh.rule("cache_batch"))
     sessions = cfg.serve.max_sessions
     cache_shards = cache_batch if sessions % cache_batch == 0 else 1
-    kv_sharding = math.prod(sizes[a] for a in cfg.mesh.rule("act_kv_heads"))
+    kv_sharding = config_lib.axes_size(sizes, cfg.mesh.rule("act_kv_heads"))
     kv_shards = kv_sharding if m.n_kv_heads % kv_sharding == 0 else 1
     cache_bytes = kv_cache.cache_bytes(m, sessions, cfg.serve.max_len) / (cache_shards * kv_shards)
     return Plan(

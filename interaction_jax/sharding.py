@@ -12,7 +12,6 @@ sharding for model code (`nn.with_logical_constraint` is a no-op outside it).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -31,8 +30,9 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
     """The device mesh for `mesh_cfg`, with axes in `config.MESH_AXES` order, all of type Auto.
 
-    Sizes are resolved by `config.resolve_axis_sizes` first, so a config that does not fit the device
-    count fails here with a ConfigError naming `mesh.axes`, before anything is traced or compiled.
+    Sizes are resolved by `config.resolve_axis_sizes` first (the one place a mesh's device count and axis
+    sizes are worked out, `config/mesh.py`), so a config that does not fit the device count fails here with
+    a ConfigError naming `mesh.axes`, before anything is traced or compiled.
     Axis types are given explicitly because `jax.make_mesh` now defaults to Explicit axes, while this
     code base relies on Auto (GSPMD-propagated) sharding plus logical constraints.
 
@@ -55,7 +55,8 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mes
     dcn = tuple(getattr(mesh_cfg.dcn, a) for a in config.MESH_AXES)
     ici = tuple(s // d for s, d in zip(shape, dcn, strict=True))
     axis_types = (jax.sharding.AxisType.Auto,) * len(config.MESH_AXES)
-    if math.prod(dcn) == 1:
+    slices = config.mesh_slices(mesh_cfg)
+    if slices == 1:
         try:
             return jax.make_mesh(shape, config.MESH_AXES, axis_types=axis_types, devices=devices)
         except NotImplementedError:  # an axis that is no product of whole torus axes (tensor 4 on 8x8x8)
@@ -63,10 +64,10 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mes
             return Mesh(grid, config.MESH_AXES, axis_types=axis_types)
     if all(hasattr(d, "slice_index") for d in devices):
         n_slices = len({d.slice_index for d in devices})
-        if n_slices != math.prod(dcn):
+        if n_slices != slices:
             raise ConfigError(
                 "mesh.dcn",
-                f"the dcn sizes multiply to {math.prod(dcn)} but the devices span {n_slices} slice(s)",
+                f"the dcn sizes multiply to {slices} but the devices span {n_slices} slice(s)",
                 f"make the dcn sizes multiply to {n_slices}, or pick another mesh config",
             )
         grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
@@ -87,11 +88,9 @@ def axis_rules(mesh_cfg: MeshConfig, mesh: Mesh | None = None) -> Rules:
     `act_batch → (data, fsdp, expert)` from applying at all on a tensor carrying both names.
     Rule order is kept, since Flax treats it as priority.
     """
+    mesh_cfg.check_rules()
     rules = []
     for name, axes in mesh_cfg.rules:
-        for a in axes:
-            if a not in config.MESH_AXES:
-                raise ConfigError(f"mesh.rules.{name}", f"unknown mesh axis {a!r}", f"use axes of {config.MESH_AXES}")
         if mesh is not None:
             axes = tuple(a for a in axes if mesh.shape[a] > 1)
         rules.append((name, None if not axes else axes[0] if len(axes) == 1 else tuple(axes)))
@@ -174,7 +173,7 @@ def shard_batch(batch: dict[str, Any], mesh: Mesh, mesh_cfg: MeshConfig) -> dict
         sharding = logical_sharding(("act_batch",) + (None,) * (x.ndim - 1), mesh, mesh_cfg)
         axes = sharding.spec[0] or ()
         axes = (axes,) if isinstance(axes, str) else axes
-        n = math.prod(mesh.shape[a] for a in axes)
+        n = config.axes_size(mesh.shape, axes)
         rows = x.shape[0] * n_proc
         if rows % n:
             raise ConfigError(

@@ -182,3 +182,181 @@ def test_data_config_errors_name_the_key(overrides, key, message):
     with pytest.raises(ConfigError, match=message) as err:
         config_lib.validate(config_lib.override(config_lib.preset("tiny"), overrides))
     assert err.value.key == key
+
+
+# Each section checks its own fields (`config/tree.py`); the checks below had no test of their own.
+SECTION_CHECKS = [
+    # (overrides, key named in the error, words in the message)
+    (["stream.n_fft=512", "stream.win_ms=50"], "stream.n_fft", "the 50 ms window does not fit n_fft 512"),
+    (["stream.dmel_min=2.0"], "stream.dmel_max", "must exceed stream.dmel_min"),
+    (["stream.fmax=9000"], "stream.fmax", "need fmin < fmax <= sample_rate/2, got 80.0, 9000.0"),
+    (["stream.fmin=7600"], "stream.fmax", "need fmin < fmax"),
+    (["data.camera_off=1.5"], "data.camera_off", "1.5 is not a share of episodes"),
+    (["train.grad_accum=3"], "train.grad_accum", "batch_size 8 does not split into 3 microbatches"),
+    (["kernels.alignment=bitwise", "kernels.norm=xla"], "kernels.norm", "alignment bitwise needs"),
+    (["serve.agent=lm"], "serve.agent_workdir", "the lm agent needs a checkpoint"),
+    (["serve.tools_clock='24:00'"], "serve.tools_clock", "'24:00' is not a time of day"),
+    (["serve.port=65536"], "serve.port", "65536 is not a TCP port"),
+    (["mesh.rules.embed=[model]"], "mesh.rules.embed", "unknown mesh axis 'model'"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "words"), SECTION_CHECKS, ids=[c[1] for c in SECTION_CHECKS])
+def test_a_section_check_names_its_key(overrides, key, words):
+    with pytest.raises(ConfigError) as err:
+        config_lib.validate(config_lib.override(TINY, overrides))
+    assert err.value.key == key and str(err.value).startswith(f"{key}: ") and words in str(err.value)
+    section = key.split(".")[0]
+    # the section's own check finds it alone, without the rest of the tree
+    with pytest.raises(ConfigError, match=f"^{key}: "):
+        getattr(config_lib.override(TINY, overrides), section).check()
+
+
+def test_checks_no_literal_can_refuse_are_still_made():
+    # dataclasses.replace skips the type check of loading, so the section checks still guard these
+    with pytest.raises(ConfigError, match=r"^model\.expert_parallel: unknown 'ring'"):
+        config_lib.validate(dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, expert_parallel="ring")))
+    with pytest.raises(ConfigError, match=r"^mesh\.device_kind: unknown kind 'npu'"):
+        config_lib.validate(dataclasses.replace(TINY, mesh=dataclasses.replace(TINY.mesh, device_kind="npu")))
+
+
+# The numbers a field declares may be 0 (off / none) or of any sign (`setting(..., lower=...)`); every
+# other number in model, stream, train, serve and data must be > 0. Pinned here so a change shows.
+MAY_BE_ZERO = {
+    "model.shared_expert_mlp",
+    "model.dense_every",
+    "stream.fmin",
+    "train.seed",
+    "train.warmup_steps",
+    "train.min_lr_ratio",
+    "train.weight_decay",
+    "train.grad_clip",
+    "train.pad_weight",
+    "train.flow_weight",
+    "train.load_balance_weight",
+    "train.router_z_weight",
+    "train.eval_every",
+    "train.behaviour_episodes",
+    "serve.temperature",
+    "serve.agent_latency_s",
+    "serve.port",
+    "data.seed",
+    "data.num_workers",
+    "data.camera_off",
+    "data.shards",
+}
+ANY_SIGN = {"stream.dmel_min", "stream.mel_mean"}
+
+
+def _numbers(section: str) -> list[str]:
+    sub = getattr(TINY, section)
+    return [
+        f"{section}.{f.name}"
+        for f in dataclasses.fields(sub)
+        if isinstance(getattr(sub, f.name), (int, float)) and not isinstance(getattr(sub, f.name), bool)
+    ]
+
+
+NUMBERS = [key for section in ("model", "stream", "train", "serve", "data") for key in _numbers(section)]
+
+
+@pytest.mark.parametrize("key", NUMBERS)
+def test_each_number_is_held_to_the_bound_its_field_declares(key):
+    section, name = key.split(".")
+    sub = getattr(TINY, section)
+    for value, refused in ((0, key not in MAY_BE_ZERO | ANY_SIGN), (-1, key not in ANY_SIGN)):
+        bad = dataclasses.replace(sub, **{name: type(getattr(sub, name))(value)})
+        if refused:
+            with pytest.raises(ConfigError, match=f"^{key}: must be positive, got "):
+                config_lib.check_bounds(bad, section)
+        else:
+            config_lib.check_bounds(bad, section)
+
+
+def test_the_bounds_are_checked_through_validate_in_every_section():
+    for key in (
+        "model.rope_theta",
+        "stream.mel_std",
+        "train.decision_weight",
+        "serve.flow_steps",
+        "data.episode_chunks",
+    ):
+        with pytest.raises(ConfigError, match=f"^{key}: must be positive, got -1"):
+            config_lib.validate(config_lib.override(TINY, [f"{key}=-1"]))
+    assert config_lib.validate(config_lib.override(TINY, ["stream.mel_mean=-9", "train.seed=0", "serve.port=0"]))
+
+
+def test_training_checks_only_the_serve_keys_training_reads():
+    training_keys = config_lib.TRAINING_SERVE_KEYS
+    assert training_keys == {
+        "temperature",
+        "top_p",
+        "calibrate_pad",
+        "speak_threshold",
+        "flow_temperature",
+        "flow_steps",
+    }
+    server_only = config_lib.override(TINY, ["serve.max_len=0", "serve.tools_clock=noon", "serve.port=70000"])
+    assert config_lib.validate(server_only, purpose="train") is server_only
+    with pytest.raises(ConfigError, match=r"^serve\.max_len: must be positive"):
+        config_lib.validate(server_only)
+    with pytest.raises(ConfigError, match=r"^serve\.flow_steps: must be positive"):
+        config_lib.validate(config_lib.override(TINY, ["serve.flow_steps=0"]), purpose="train")
+    with pytest.raises(ConfigError, match=r"^serve\.speak_threshold: .* strictly between 0 and 1"):
+        config_lib.validate(config_lib.override(TINY, ["serve.speak_threshold=1.5"]), purpose="train")
+
+
+# The checks of one section against another (`config/checks.py: check_across_sections`).
+ACROSS = [
+    (["train.window_chunks=12"], "train.window_chunks", "not a multiple of stream.video_every=5"),
+    (["data.shards=3"], "data.shards", "batch_size 8 does not split over 3 data shards"),
+    (["model.moe_dispatch=gmm", "kernels.moe_block_k=96"], "kernels.moe_block_k", "96 does not divide model.d_model"),
+    (["train.pad_weight=0"], "serve.calibrate_pad", "cannot be calibrated for train.pad_weight 0"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "words"), ACROSS, ids=[c[1] for c in ACROSS])
+def test_a_check_across_sections_names_its_key(overrides, key, words):
+    cfg = config_lib.override(TINY, overrides)
+    for section in ("model", "stream", "train", "data", "kernels", "mesh"):
+        getattr(cfg, section).check()  # no section alone sees it
+    cfg.serve.check()
+    with pytest.raises(ConfigError, match=f"^{key}: .*{words}"):
+        config_lib.check_across_sections(cfg)
+    with pytest.raises(ConfigError, match=f"^{key}: .*{words}"):
+        config_lib.validate(cfg)
+
+
+def test_window_chunks_need_not_follow_video_every_without_video():
+    assert config_lib.validate(config_lib.override(TINY, ["train.window_chunks=12", "stream.video=false"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "num_devices", "key", "words"),
+    [
+        (["mesh.axes.data=0"], 8, "mesh.axes.data", "size 0 is invalid"),
+        (["mesh.axes.data=-2"], 8, "mesh.axes.data", "size -2 is invalid"),
+        (["mesh.dcn.fsdp=0"], 8, "mesh.dcn.fsdp", "size 0 is invalid"),
+        (["mesh.axes.tensor=3"], 8, "mesh.axes.data", "8 devices do not split into the fixed axes (3) × dcn (1)"),
+        (["serve.max_sessions=3"], 2, "serve.max_sessions", "3 is not divisible by the 2 devices"),
+    ],
+)
+def test_the_mesh_checks_against_the_device_count(overrides, num_devices, key, words):
+    with pytest.raises(ConfigError) as err:
+        config_lib.validate(config_lib.override(TINY, overrides), num_devices)
+    assert err.value.key == key and words in str(err.value)
+    cfg = config_lib.validate(config_lib.override(TINY, overrides))  # no count: nothing to check them against
+    if key == "serve.max_sessions":
+        config_lib.validate(cfg, num_devices, purpose="train")  # training never reads the sessions
+
+
+def test_axes_size_is_the_product_of_the_named_axes():
+    sizes = config_lib.resolve_axis_sizes(config_lib.MeshConfig(axes=config_lib.AxisSizes(data=-1, tensor=2)), 8)
+    assert config_lib.axes_size(sizes, ("data", "tensor")) == 8
+    assert config_lib.axes_size(sizes, ("tensor",)) == 2 and config_lib.axes_size(sizes, ()) == 1
+
+
+def test_the_config_package_loads_neither_jax_nor_data():
+    code = "import sys, interaction_jax.config as c; c.validate(c.preset('tiny'), 4); print(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'jax'" not in loaded and "interaction_jax.data" not in loaded and "interaction_jax.sharding" not in loaded
