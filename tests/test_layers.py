@@ -180,6 +180,35 @@ def test_attend_matches_reference(group):
     np.testing.assert_allclose(np.asarray(got)[valid], want[valid], rtol=1e-5, atol=1e-5)
 
 
+def _window_slots(seed: int, b: int, t: int) -> np.ndarray:
+    """The slots `step.token_slots` gives a window from an empty cache: in order, every ~10th token empty."""
+    valid = np.random.default_rng(seed).random((b, t)) > 0.1
+    return np.where(valid, np.cumsum(valid, axis=1) - 1, t).astype(np.int32)
+
+
+@pytest.mark.parametrize("block", [1, 7, 16, 64])
+def test_window_attention_in_causal_blocks_matches_the_whole_window(block):
+    """A window from an empty cache attended in query blocks, each against the keys up to its own end,
+    gives every real token the whole-window result; one block (0 or >= T) is `xla_attend` itself. The
+    control: on a cache that already holds earlier slots (serving) the blocks would cut keys queries see,
+    which is why only `step.window_forward` asks for it."""
+    from interaction_jax.model.kernels import xla_attend, xla_window_attend
+
+    b, t = 2, 40
+    q, k, v = randn(0, b, t, 4, 8), randn(1, b, t, 2, 8), randn(2, b, t, 2, 8)
+    slots = _window_slots(3, b, t)
+    real = slots < t
+    want = np.asarray(xla_attend(q, k, v, jnp.asarray(slots)))
+    got = np.asarray(jax.jit(xla_window_attend, static_argnums=4)(q, k, v, jnp.asarray(slots), block))
+    np.testing.assert_allclose(got[real], want[real], rtol=1e-6, atol=1e-6)
+    for whole in (0, t):
+        np.testing.assert_array_equal(xla_window_attend(q, k, v, jnp.asarray(slots), whole), want)
+    if block < t:  # a query at slot index + 10 (a cache with 10 slots before the window) sees past its block
+        later = np.minimum(slots + 10, t - 1)
+        cut = np.asarray(xla_window_attend(q, k, v, jnp.asarray(later), block))
+        assert not np.allclose(cut, np.asarray(xla_attend(q, k, v, jnp.asarray(later))), atol=1e-3)
+
+
 MASK_SLOTS = np.array([[0, 3, 1, 2], [4, 0, 2, 1]], np.int32)
 
 

@@ -34,6 +34,7 @@ attend = kernels.xla_attend  # the XLA attention maths (kernels.attend chooses p
 class Attention(nn.Module):
     cfg: ModelConfig
     kernels: KernelsConfig = kernels.FAST
+    window: bool = False  # every call is a whole window from an empty cache (`kernels.attend`)
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, slots: jax.Array, layer_cache: dict):
@@ -57,7 +58,7 @@ class Attention(nn.Module):
         k = rope(k, positions, c.rope_theta)
         new_cache = {"k": kv_cache.write(layer_cache["k"], k, slots), "v": kv_cache.write(layer_cache["v"], v, slots)}
         new_cache = {n: nn.with_logical_constraint(a, kv_cache.CACHE_AXES) for n, a in new_cache.items()}
-        out = kernels.attend(q, new_cache["k"], new_cache["v"], slots, kc)
+        out = kernels.attend(q, new_cache["k"], new_cache["v"], slots, kc, self.window)
         out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
         y = kernels.matmul(out.reshape(*out.shape[:2], -1), wo.reshape(-1, wo.shape[-1]), kc)
         return checkpoint_name(y, "out_proj"), new_cache

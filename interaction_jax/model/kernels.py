@@ -101,12 +101,30 @@ def xla_attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array)
     return out.reshape(b, t, h, d).astype(q.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array, kc: KernelsConfig) -> jax.Array:
+def xla_window_attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array, block: int) -> jax.Array:
+    """`xla_attend` over a window whose queries see no slot past their own index (a whole window from an
+    empty cache: `step.token_slots` gives a token at index t a slot <= t): queries in blocks of `block`,
+    each block against the keys up to its own end only, so the scores above the diagonal's blocks are
+    never computed. The same weights as `xla_attend` (a skipped key is one it masks), summed over fewer
+    zeros. An empty token's output (slot >= S) is unspecified, as there."""
+    t = q.shape[1]
+    if block <= 0 or block >= t:
+        return xla_attend(q, k, v, query_slots)
+    blocks = [(start, min(start + block, t)) for start in range(0, t, block)]
+    outs = [xla_attend(q[:, a:e], k[:, :e], v[:, :e], query_slots[:, a:e]) for a, e in blocks]
+    return jnp.concatenate(outs, axis=1)
+
+
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array, kc: KernelsConfig, window: bool = False
+) -> jax.Array:
     """Causal GQA attention of q [B, T, H, D] over the cache k, v [B, S, Hkv, D]: query t sees slots
-    <= query_slots[b, t]; a query at a slot >= S (an empty token) sees the row's written slots."""
+    <= query_slots[b, t]; a query at a slot >= S (an empty token) sees the row's written slots.
+    `window`: the call is a whole window from an empty cache (no query sees a slot past its own index),
+    which XLA's path computes in causal blocks (`xla_window_attend`); the kernels need no hint."""
     impl = implementation(kc, "attention")
     if impl == "xla":
-        return xla_attend(q, k, v, query_slots)
+        return xla_window_attend(q, k, v, query_slots, kc.window_block) if window else xla_attend(q, k, v, query_slots)
     # The row's written slots: up to the last one a real query of it sees (the cache is filled in order).
     kv_lengths = jnp.max(jnp.where(query_slots < k.shape[1], query_slots, -1), axis=1) + 1
     split = pallas_kernels.SplitKVConfig(kc.split_size, kc.block_kv)

@@ -26,8 +26,8 @@ from interaction_jax.model.transformer import InteractionModel
 Kind = stream.Kind
 
 
-def build_model(cfg: Config) -> InteractionModel:
-    return InteractionModel(cfg.model, cfg.stream, cfg.kernels)
+def build_model(cfg: Config, window: bool = False) -> InteractionModel:
+    return InteractionModel(cfg.model, cfg.stream, cfg.kernels, window)
 
 
 def dummy_batch(cfg: Config, batch: int = 1, length: int = 1) -> dict[str, jax.Array]:
@@ -69,15 +69,19 @@ def token_slots(kind: jax.Array, length: jax.Array, cap: int) -> jax.Array:
     return jnp.where(valid, length[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, cap)
 
 
-def step(params: dict, cache: Cache, batch: dict, *, cfg: Config) -> tuple[jax.Array, Cache, dict]:
+def step(
+    params: dict, cache: Cache, batch: dict, *, cfg: Config, window: bool = False
+) -> tuple[jax.Array, Cache, dict]:
     """Run the transformer over `batch` (T tokens per row) after everything already in `cache`.
 
     Returns the float32 hidden states [B, T, D], the cache with the batch's keys/values written and
     `length` advanced by each row's non-empty tokens, and the MoE aux losses of this call.
     Tokens past the cache's capacity are not written (callers check `length` against capacity).
+    `window`: the caller promises `cache` is empty (a whole window), which lets attention skip the
+    keys no query can see yet (`InteractionModel.window`); the same maths either way.
     """
     slots = token_slots(batch["kind"], cache["length"], capacity(cache))
-    hidden, layers, aux = build_model(cfg).apply({"params": params}, batch, cache, slots)
+    hidden, layers, aux = build_model(cfg, window).apply({"params": params}, batch, cache, slots)
     written = jnp.sum(batch["kind"] != Kind.PAD, axis=1, dtype=jnp.int32)
     return hidden, {"layers": layers, "length": cache["length"] + written, "chunk": cache["chunk"]}, aux
 
@@ -99,7 +103,7 @@ def window_forward(params: dict, batch: dict, *, cfg: Config) -> tuple[jax.Array
     """`step` over whole windows from an empty cache sized to them: the hidden states [B, T, D] and the
     MoE aux losses (how training runs the model)."""
     b, length = batch["kind"].shape
-    hidden, _, aux = step(params, init_cache(cfg.model, b, length), batch, cfg=cfg)
+    hidden, _, aux = step(params, init_cache(cfg.model, b, length), batch, cfg=cfg, window=True)
     return hidden, aux
 
 

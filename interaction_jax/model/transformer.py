@@ -51,11 +51,12 @@ class Block(nn.Module):
     cfg: ModelConfig
     dense: bool
     kernels: KernelsConfig = kernels_lib.FAST
+    window: bool = False  # `InteractionModel.window`
 
     @nn.compact
     def __call__(self, x, positions, slots, token_mask, layer_cache):
         c, kc = self.cfg, self.kernels
-        h, layer_cache = Attention(c, kc, name="attn")(
+        h, layer_cache = Attention(c, kc, self.window, name="attn")(
             RMSNorm(c.norm_eps, kernels=kc, name="attn_norm")(x), positions, slots, layer_cache
         )
         x = x + h.astype(x.dtype)
@@ -98,6 +99,7 @@ class BlockGroup(nn.Module):
 
     cfg: ModelConfig
     kernels: KernelsConfig = kernels_lib.FAST
+    window: bool = False  # `InteractionModel.window`
 
     @nn.compact
     def __call__(self, carry, group, positions, slots, token_mask):
@@ -109,7 +111,7 @@ class BlockGroup(nn.Module):
             layer = group * group_size(c) + j
             layer_cache = {k: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False) for k, a in stacked.items()}
             # Layer g·n + j is dense exactly when layer j is: the pattern repeats every n layers.
-            x, layer_cache, layer_aux = block(c, is_dense_layer(c, j), self.kernels, name=f"block{j}")(
+            x, layer_cache, layer_aux = block(c, is_dense_layer(c, j), self.kernels, self.window, name=f"block{j}")(
                 x, positions, slots, token_mask, layer_cache
             )
             stacked = {k: jax.lax.dynamic_update_index_in_dim(a, layer_cache[k], layer, 0) for k, a in stacked.items()}
@@ -131,6 +133,9 @@ class InteractionModel(nn.Module):
     model: ModelConfig
     stream: StreamConfig
     kernels: KernelsConfig = kernels_lib.FAST
+    # Every call is a whole window from an empty cache (training's `step.window_forward`): attention may
+    # skip the keys past each query block (`kernels.attend`). Same parameters, same maths.
+    window: bool = False
 
     def setup(self):
         c, kc = self.model, self.kernels
@@ -144,9 +149,11 @@ class InteractionModel(nn.Module):
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=scanned_groups(c),
                 metadata_params={nn.PARTITION_NAME: STACKED},
-            )(c, kc, name=STACKED)
+            )(c, kc, self.window, name=STACKED)
         block = block_class(c, scanned=False)
-        self.blocks = [block(c, is_dense_layer(c, i), kc, name=f"block{i}") for i in range(scanned, c.n_layers)]
+        self.blocks = [
+            block(c, is_dense_layer(c, i), kc, self.window, name=f"block{i}") for i in range(scanned, c.n_layers)
+        ]
         self.final_norm = RMSNorm(c.norm_eps, kernels=kc)
         self.text_head = Dense(c.vocab_size, ("embed", "vocab"), c.dtype, kernels=kc)
         s = self.stream
