@@ -21,8 +21,8 @@ Every scenario:
   acknowledgement…) that nothing in the input tells apart, so each may be any of them (the annotations'
   `model_lines`). Lower-cased; Levenshtein distance to the nearest such reference / that reference's
   length (1.0 when it says nothing; may exceed 1 when it says much more). None when the reference says
-  nothing. Against the line drawn alone (`text_cer_drawn`), even the data scored against a second draw
-  of itself has a CER of 0.4–1.1 per line set (docs/results.md).
+  nothing. Against the lines drawn alone (`text_cer_drawn`), even the data scored against a second draw
+  of itself has a CER of 37–72% per scenario (`benchmarks/cer_floor.py`).
 - `text_cer_drawn`: the same against the words of the reference output itself, the lines as drawn.
 
 Each scenario's own metrics are its record's `metrics` (`data.scenarios.get(name)`), defined and
