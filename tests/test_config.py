@@ -221,7 +221,7 @@ def test_checks_no_literal_can_refuse_are_still_made():
 
 
 # The numbers a field declares may be 0 (off / none) or of any sign (`setting(..., lower=...)`); every
-# other number in model, stream, train, serve and data must be > 0. Pinned here so a change shows.
+# other number in model, stream, train, serve, data and kernels must be > 0. Pinned here so a change shows.
 MAY_BE_ZERO = {
     "model.shared_expert_mlp",
     "model.dense_every",
@@ -244,6 +244,8 @@ MAY_BE_ZERO = {
     "data.num_workers",
     "data.camera_off",
     "data.shards",
+    "kernels.window_block",
+    "kernels.moe_gemv_max_tokens",
 }
 ANY_SIGN = {"stream.dmel_min", "stream.mel_mean"}
 
@@ -257,7 +259,7 @@ def _numbers(section: str) -> list[str]:
     ]
 
 
-NUMBERS = [key for section in ("model", "stream", "train", "serve", "data") for key in _numbers(section)]
+NUMBERS = [key for section in ("model", "stream", "train", "serve", "data", "kernels") for key in _numbers(section)]
 
 
 @pytest.mark.parametrize("key", NUMBERS)
@@ -280,6 +282,7 @@ def test_the_bounds_are_checked_through_validate_in_every_section():
         "train.decision_weight",
         "serve.flow_steps",
         "data.episode_chunks",
+        "kernels.block_kv",  # (0 once crashed validate with a ZeroDivisionError)
     ):
         with pytest.raises(ConfigError, match=f"^{key}: must be positive, got -1"):
             config_lib.validate(config_lib.override(TINY, [f"{key}=-1"]))

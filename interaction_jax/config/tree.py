@@ -421,12 +421,12 @@ class KernelsConfig:
     moe_block_rows: int = 8  # rows per tile of the MoE kernels (gemv fills one with a token)
     moe_block_k: int = 128  # their weight tiles are moe_block_k square (must divide d_model; expert_mlp need not)
     # auto dispatch: moe_gemv up to this many tokens per call, moe_gmm above (no measured crossover yet)
-    moe_gemv_max_tokens: int = 32
+    moe_gemv_max_tokens: int = setting(32, lower="zero")  # 0: always moe_gmm
 
     def check(self) -> None:
-        """How the sizes fit together and the alignment fits the ops (of the sizes, only `window_block` gets
-        `check_bounds`)."""
-        check_bounds(self, "kernels", frozenset({"window_block"}))
+        """Every size positive (`window_block` may be 0), how the sizes fit together, and the alignment
+        against the ops."""
+        check_bounds(self, "kernels")
         if self.split_size % self.block_kv:
             raise ConfigError(
                 "kernels.split_size",

@@ -88,7 +88,7 @@ def check_mix(cfg: Config) -> None:
     than a scenario's `min_seconds`, or a scenario that needs video in the mix (weight > 0) with
     stream.video off. Raises `ConfigError` naming the key and the fix.
 
-    The config itself holds scenario names as strings and cannot know the registry (config.py imports
+    The config itself holds scenario names as strings and cannot know the registry (the config package imports
     nothing of data/), so this runs where a config meets the data: the CLI after `config.validate`, and
     `train`, `evaluate` and the data pipeline before they make anything.
     """
