@@ -201,8 +201,10 @@ def test_a_multislice_mesh_gets_one_topology_per_slice_with_dcn_across_them():
     assert len(devices) == 128 and {d.slice_index for d in devices} == {0, 1}
     mesh = sharding.make_mesh(mesh_cfg, devices)
     slices = np.vectorize(lambda d: d.slice_index)(mesh.devices)
-    # the dcn axis (data 2) splits the slices; every other axis stays inside one
-    assert (slices[0] == 0).all() and (slices[1] == 1).all()
+    # the dcn factor of fsdp (2 of its 32) splits the slices; every other axis stays inside one
+    fsdp = mesh.axis_names.index("fsdp")
+    halves = np.split(slices, 2, axis=fsdp)
+    assert (halves[0] == 0).all() and (halves[1] == 1).all()
 
 
 def test_every_tpu_mesh_config_names_a_chip_with_published_peaks():

@@ -456,7 +456,7 @@ def test_multislice_pods_address_each_slice_by_node_prefix(tmp_path):
     )
     parsed = [parse_pod_command(line) for line in out.splitlines() if line.startswith("gcloud ")]
     hosts = [(node, worker) for node, _, worker, _ in parsed]
-    # 2 slices (dcn data 2) × 64 chips / 4 per host, for each of the 2 runs.
+    # 2 slices (dcn fsdp 2) × 64 chips / 4 per host, for each of the 2 runs.
     assert hosts == [(f"big-{s}", w) for s in range(2) for w in range(16)] * 2
     assert all(zone == "" for _, zone, _, _ in parsed)  # no --zone flag: gcloud's default zone
     assert "note: workdir" in out  # a local workdir on a pod gets a warning

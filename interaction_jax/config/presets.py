@@ -61,7 +61,7 @@ def _preset_base() -> Config:  # 8 GPUs or a small TPU slice
         ),
         stream=StreamConfig(frame_height=240, frame_width=320),
         mesh=MeshConfig(name="gpu-8", device_kind="gpu"),
-        train=TrainConfig(batch_size=64, window_chunks=100, learning_rate=3e-4),
+        train=TrainConfig(batch_size=64, window_chunks=50, learning_rate=3e-4),  # whole episodes
         serve=ServeConfig(max_sessions=64, max_len=32768),
     )
 
@@ -86,7 +86,8 @@ def _preset_tml_small_shape() -> Config:  # 276B total / ~12B active: for planni
         ),
         stream=StreamConfig(frame_height=360, frame_width=640),
         mesh=MeshConfig(name="tpu-v5p-128", device_kind="tpu"),
-        train=TrainConfig(batch_size=256, window_chunks=150, learning_rate=1.5e-4),
+        # whole-episode windows (data.episode_chunks 50): a longer window would be padding past the episode
+        train=TrainConfig(batch_size=256, window_chunks=50, learning_rate=1.5e-4),
         serve=ServeConfig(max_sessions=128, max_len=65536),
     )
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from interaction_jax import config as config_lib
 from interaction_jax import sharding
 from interaction_jax.config import Config
-from interaction_jax.data import pipeline, scenarios
+from interaction_jax.data import pipeline, render, scenarios
 from interaction_jax.data.episode import ClipSource
 from interaction_jax.train import checkpoint, optimizer
 from interaction_jax.train import state as state_lib
@@ -120,14 +120,23 @@ class HeldOut:
         return out
 
 
-def short_window_warning(cfg: Config) -> str | None:
-    """Why windows shorter than an episode train a model that behaves differently when served; None
-    when a window holds a whole episode."""
-    if cfg.train.window_chunks >= cfg.data.episode_chunks:
+def window_warning(cfg: Config) -> str | None:
+    """What is wrong with windows that do not hold exactly one episode: shorter, they train a model that
+    behaves differently when served; longer, the rest of every window is padding. None when a window
+    holds a whole episode."""
+    window, episode = cfg.train.window_chunks, cfg.data.episode_chunks
+    if window > episode:
+        padding = render.num_windows(episode, window) * window - episode
+        return (
+            f"train.window_chunks={window} is longer than an episode (data.episode_chunks={episode}): "
+            f"{padding} chunks of every window are padding that teaches nothing ({padding / window:.0%} of "
+            "each step's tokens); set train.window_chunks to the episode length, or data.episode_chunks up"
+        )
+    if window == episode:
         return None
     return (
-        f"train.window_chunks={cfg.train.window_chunks} is shorter than an episode "
-        f"(data.episode_chunks={cfg.data.episode_chunks}): every window after an episode's first starts "
+        f"train.window_chunks={window} is shorter than an episode "
+        f"(data.episode_chunks={episode}): every window after an episode's first starts "
         "with an empty cache at a later position, a context no served session has (it keeps every chunk "
         "since position 0), so what the model learns late in a window it does not do when served "
         "(docs/data.md, Windows); set train.window_chunks to the episode length"
@@ -156,7 +165,7 @@ def train(
     t = cfg.train
     config_lib.validate(cfg, jax.device_count(), purpose="train")
     scenarios.check_mix(cfg)  # before the clip bank and the compile
-    if warning := short_window_warning(cfg):
+    if warning := window_warning(cfg):
         logging.warning(warning)
     mesh = sharding.make_mesh(cfg.mesh)
     opt = optimizer.make_optimizer(t)
