@@ -1,13 +1,29 @@
 """`interaction-jax plan --compile`: the deviceless TPU compile of the train step and the serving tick.
 
 The compiles (libtpu) run on the v5e-8 mesh (fsdp 2 × expert 4: experts, weights and rows sharded, the
-MoE's expert-parallel collectives in the program): `small`'s serving tick (layers scanned, the preset's
-default) and `tiny`'s train step, and `tiny` with a batch that cannot fit a v5e chip. `small`'s train
-step is what issue 18 asks CI to compile too, but it took 104 s alone on the shared 2-core machine
-(185 s beside another compile), past this module's budget, so `tiny`'s stands in: the same mesh, the
-same sharding, the same trainer step. The HLO reader and the roofline arithmetic are checked on
-hand-written inputs. Without libtpu the compiles skip, unless PALLAS_KERNELS_REQUIRE_LIBTPU=1 (as CI
-sets it), where they fail.
+MoE's expert-parallel collectives in the program): `small`'s serving tick and `small`'s train step (its
+layers scanned, the preset's default; the real trainer step with the AdamW update, the state's
+shardings and its donation), and `tiny` with a batch that cannot fit a v5e chip. `tiny`'s unrolled
+train step is compiled for the same mesh by tests/test_sweep_compile.py.
+
+`small`'s train step compiles at 8 windows of 10 chunks (SMALL_TRAIN), not the preset's 16 of 50: the
+same program at fewer rows and tokens, one row per chip (8 over fsdp × expert). Measured alone on the
+2-core machine (jit → trace / lower / compile): at the preset's batch, trace 1.4 s, lower 0.5 s,
+XLA:TPU's compile 55 s (107 s of CPU); at SMALL_TRAIN, 23 s (43 s of CPU; 46-48 s beside another
+process). XLA's time is the TPU backend's code generation (39 s of 48 in its log; its HLO passes 7 s),
+which grows with the fused ops' number and sizes (generated code 78 MiB at the preset's batch, 38 MiB
+here). The optimized programs: 21.2k HLO instructions at the preset's batch, the scanned layers' forward
+and backward bodies (each a `while` of 16 trips) 4.2k and 4.4k of them, the rest (embedding, flow and
+output heads, loss, the update over every parameter leaf) 12.5k; 17.0k at SMALL_TRAIN (2.4k, 2.9k,
+11.6k). The bodies shrink because attention runs in causal query blocks of `kernels.window_block` (128):
+192 tokens are two, a full and a partial one (960 are eight; 5 chunks, 96 tokens, would be one block,
+the unblocked path). The same state arguments (1.88 GiB per chip, donated), the same collectives to
+within a few (all-gathers 1,356 per step against 1,354, reduce-scatters 48); the temporaries are 2.0
+GiB, 10.3 GiB at the preset's batch (which fits a v5e chip at 12.3 GiB in all: not checked here).
+This module took 95 s (its train fixture 53 s), against 69 s (26 s) with `tiny`'s train step in its
+place, both beside another process on one core; 50 s with `tiny`'s alone. The HLO reader and the
+roofline arithmetic are checked on hand-written inputs. Without libtpu the compiles skip, unless
+PALLAS_KERNELS_REQUIRE_LIBTPU=1 (as CI sets it), where they fail.
 """
 
 from __future__ import annotations
@@ -46,13 +62,14 @@ def _v5e8(preset: str, *overrides: str) -> config_lib.Config:
     return config_lib.validate(config_lib.override(cfg, list(overrides)))
 
 
-TINY = ("tiny", "serve.max_sessions=8")  # one session per chip (the shapes plan validates serving too)
+# `small`'s train step at 8 windows of 10 chunks (see the module's docstring)
+SMALL_TRAIN = ("small", "train.batch_size=8", "train.window_chunks=10")
 
 
 @pytest.fixture(scope="module")
 def train_report():
     _need_libtpu()
-    return aot.compile_plan(_v5e8(*TINY), programs=("train",))
+    return aot.compile_plan(_v5e8(*SMALL_TRAIN), programs=("train",))
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +81,10 @@ def serve_report():
 # -- the compiles on 8 v5e chips, expert-sharded
 
 
+@pytest.mark.slow
 def test_the_train_step_holds_the_sharded_state_it_donates(train_report):
-    cfg = _v5e8(*TINY)
-    shapes = plan_lib.make_plan(cfg, 8)
+    cfg = _v5e8(*SMALL_TRAIN)
+    shapes = plan_lib.make_plan(cfg, 8, "train")
     assert (train_report.num_devices, train_report.chip.name, train_report.topology) == (8, "v5e", "v5e:2x4")
     (train,) = train_report.programs
     # the train state is an argument: parameters and both AdamW moments, each as this device's shard
@@ -80,7 +98,10 @@ def test_the_train_step_holds_the_sharded_state_it_donates(train_report):
     tokens = cfg.train.batch_size * random_batch(cfg.stream, cfg.train.window_chunks, batch=1)["kind"].shape[1]
     assert train.tokens == tokens
     assert train.model_flops == aot.model_flops(cfg, shapes.active_params, tokens, train=True) / 8
-    assert cfg.model.scan_layers or train.loops == (), train.loops  # tiny's layers are not scanned
+    # the scanned layers: one loop forward, one backward (its transpose), each a trip per layer
+    assert cfg.model.scan_layers and train.loops.count(cfg.model.n_layers) >= 2, train.loops
+    # the state is `small`'s whatever the batch: its parameters as the preset plans them
+    assert shapes.param_bytes_per_device == plan_lib.make_plan(_v5e8("small"), 8).param_bytes_per_device
 
 
 def test_the_serving_tick_holds_the_parameters_and_its_cache_rows(serve_report):
@@ -100,6 +121,7 @@ def test_the_serving_tick_holds_the_parameters_and_its_cache_rows(serve_report):
     assert {s.text_out_slots, s.audio_slots} <= set(serve.loops), serve.loops
 
 
+@pytest.mark.slow
 def test_expert_sharding_shows_in_the_collectives(train_report, serve_report):
     (train,), (serve,) = train_report.programs, serve_report.programs
     # weights over fsdp are gathered for the forward pass, tokens over the expert axis for the MoE
@@ -107,10 +129,14 @@ def test_expert_sharding_shows_in_the_collectives(train_report, serve_report):
         assert p.collectives["all-gather"].count > 0 and p.collectives["all-gather"].bytes > 0, p
     # gradients are summed over the batch axes
     assert train.collectives["all-reduce"].bytes + train.collectives["reduce-scatter"].bytes > 0
-    # the scanned layers' collectives run once per layer and output slot, not once per program
-    assert serve.collectives["all-gather"].count >= _v5e8("small").model.n_layers * 9, serve.collectives
+    # the scanned layers' collectives run once per layer (and output slot), not once per program: the
+    # train step gathers each layer's weights forward and again backward
+    n_layers = _v5e8("small").model.n_layers
+    assert serve.collectives["all-gather"].count >= n_layers * 9, serve.collectives
+    assert train.collectives["all-gather"].count >= n_layers * 2, train.collectives
 
 
+@pytest.mark.slow
 def test_the_table_says_it_is_an_estimate(train_report, serve_report):
     table = train_report.table() + serve_report.table()
     for text in ("ESTIMATES, not measurements", "train step", "serving tick", "HBM arguments", "HBM temporaries"):

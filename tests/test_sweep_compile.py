@@ -1,8 +1,9 @@
 """`sweep --dry-run --compile` compiles each run's train step for the mesh's TPU topology, deviceless (libtpu).
 
-One run of `tiny` on the v5e-8 mesh (fsdp 2 × expert 4), the train step that tests/test_plan_compile.py
-compiles too (≈ 20 s on two cores). Its `serve.max_sessions` of 4 does not divide the 8 chips: a sweep
-trains, so that is not its concern, and the compile of the train step alone is not refused over it.
+One run of `tiny` on the v5e-8 mesh (fsdp 2 × expert 4): its train step with unrolled layers (≈ 20 s on
+two cores; tests/test_plan_compile.py compiles `small`'s, scanned). Its `serve.max_sessions` of 4 does
+not divide the 8 chips: a sweep trains, so that is not its concern, and the compile of the train step
+alone is not refused over it.
 """
 
 from __future__ import annotations
