@@ -372,3 +372,26 @@ def test_model_flops_are_6n_plus_attention_for_training_and_2n_for_serving():
     per_token = 6 * 1000 + 12 * m.n_layers * m.n_heads * m.head_dim * window
     assert aot.model_flops(cfg, 1000, 10, train=True) == 10 * per_token
     assert aot.model_flops(cfg, 1000, 10, train=False) == 2 * 1000 * 10
+
+
+def test_deviceless_programs_stay_out_of_the_persistent_cache(tmp_path):
+    """A compile-only TPU program written to JAX's persistent cache cannot be read back without a TPU client
+    (a warning on every later hit); the CPU programs around it are still cached (the control: the cache is on)."""
+    _need_libtpu()
+    script = (
+        "import dataclasses, jax\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+        "jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)\n"
+        "from interaction_jax import aot, config as config_lib\n"
+        "mesh = config_lib.load_mesh('mesh_configs/tpu-v5e-8.yaml')\n"
+        "cfg = dataclasses.replace(config_lib.preset('tiny'), mesh=mesh)\n"
+        "aot.compile_plan(config_lib.override(cfg, ['serve.max_sessions=8']), programs=('serve',))\n"
+        "jax.numpy.arange(3).sum().block_until_ready()\n"
+    )
+    env = os.environ | {"JAX_COMPILATION_CACHE_DIR": str(tmp_path), "JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    entries = [p.name for p in tmp_path.iterdir()]
+    assert not [e for e in entries if e.startswith("jit__tick")], entries
+    assert [e for e in entries if e.startswith("jit__reduce_sum")], entries
