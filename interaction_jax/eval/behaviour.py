@@ -84,7 +84,7 @@ def nearest_lines_distance(hypothesis: str, lines: Sequence[Sequence[str]]) -> t
 
 def edit_distance(a: str, b: str) -> int:
     """Levenshtein distance between two strings (insertions, deletions, substitutions cost 1)."""
-    return nearest_lines_distance(a, [[b]])[0] if b else len(a)
+    return nearest_lines_distance(a, [[b]])[0]
 
 
 def character_error_rate(text, reference_text=None, lines: Sequence[Sequence[str]] | None = None) -> float | None:
