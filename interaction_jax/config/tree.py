@@ -457,6 +457,9 @@ class DataConfig:
     seed: int = setting(0, lower="zero")  # episode seeds, mixture draws and voice assignment all derive from it
     clip_cache: str = ""  # clip bank folder; "" → $INTERACTION_JAX_CACHE/clips or ~/.cache/interaction-jax/clips
     num_workers: int = setting(0, lower="zero")  # grain worker processes (0: in the main process)
+    # Batches' worth of episodes each data shard makes ahead of the trainer, in threads (one per core at
+    # most). More only keeps cores busy on episodes the trainer has not reached.
+    read_ahead: int = 2
     # Share of training episodes in which the user's camera is off: black frames, nothing visual to react
     # to (scenarios that need the video keep it on). A voice-only client sends no frames and the server
     # shows the model black ones, so training shows them too rather than leaving them out of distribution.
