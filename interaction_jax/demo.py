@@ -159,7 +159,7 @@ def run_demo(
     result = loop.train(cfg, out_dir / "run", progress=progress, max_seconds=train_seconds, clips=clips, probe=probe)
     if result.preempted:
         logging.warning(
-            "training stopped at step %d of %d by the %.0f-minute safety cap: this is not the demo's "
+            "training stopped at step %d of %d by the %g-minute safety cap: this is not the demo's "
             "reproducible model; run the demo again with the same --out to finish its steps",
             result.step,
             cfg.train.steps,

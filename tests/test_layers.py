@@ -198,15 +198,17 @@ def test_window_attention_in_causal_blocks_matches_the_whole_window(block):
     q, k, v = randn(0, b, t, 4, 8), randn(1, b, t, 2, 8), randn(2, b, t, 2, 8)
     slots = _window_slots(3, b, t)
     real = slots < t
-    want = np.asarray(xla_attend(q, k, v, jnp.asarray(slots)))
-    got = np.asarray(jax.jit(xla_window_attend, static_argnums=4)(q, k, v, jnp.asarray(slots), block))
+    # jitted: run eagerly, each of the blocks' differently shaped ops would compile on its own
+    attend_whole, attend_blocks = jax.jit(xla_attend), jax.jit(xla_window_attend, static_argnums=4)
+    want = np.asarray(attend_whole(q, k, v, jnp.asarray(slots)))
+    got = np.asarray(attend_blocks(q, k, v, jnp.asarray(slots), block))
     np.testing.assert_allclose(got[real], want[real], rtol=1e-6, atol=1e-6)
     for whole in (0, t):
-        np.testing.assert_array_equal(xla_window_attend(q, k, v, jnp.asarray(slots), whole), want)
+        np.testing.assert_array_equal(attend_blocks(q, k, v, jnp.asarray(slots), whole), want)
     if block < t:  # a query at slot index + 10 (a cache with 10 slots before the window) sees past its block
-        later = np.minimum(slots + 10, t - 1)
-        cut = np.asarray(xla_window_attend(q, k, v, jnp.asarray(later), block))
-        assert not np.allclose(cut, np.asarray(xla_attend(q, k, v, jnp.asarray(later))), atol=1e-3)
+        later = jnp.asarray(np.minimum(slots + 10, t - 1))
+        cut = np.asarray(attend_blocks(q, k, v, later, block))
+        assert not np.allclose(cut, np.asarray(attend_whole(q, k, v, later)), atol=1e-3)
 
 
 MASK_SLOTS = np.array([[0, 3, 1, 2], [4, 0, 2, 1]], np.int32)
