@@ -14,6 +14,7 @@ from interaction_jax.data import corpus, pipeline, render
 from interaction_jax.data.bank import LiveClips
 from interaction_jax.model import step
 from interaction_jax.train import loss as loss_lib
+from tests.test_train import SMALL
 
 CFG = config_lib.validate(
     config_lib.override(
@@ -127,7 +128,8 @@ def test_mixture_weights_pick_scenarios():
 
 
 def test_loss_mask_removes_padding_from_the_loss(clips):
-    cfg = config_lib.override(CFG, ["data.episode_chunks=50"])  # 50 chunks → the 4th window is 10/15 padding
+    # 50 chunks → the 4th window is 10/15 padding; a one-layer model (the mask is the loss's, not the model's)
+    cfg = config_lib.override(CFG, [*SMALL, "data.episode_chunks=50"])
     ep = pipeline.make_episode(cfg, "train", 0, clips)
     win = render.episode_windows(ep, cfg.stream, 15)[3]
     assert 0 < win["loss_mask"].mean() < 0.5
