@@ -69,10 +69,12 @@ def test_attention_matches_plain_softmax(implementation, shape):
     q, k, v, positions, kv_lengths = _attention_case(
         rng, b=2, t=t, hq=ratio * hkv, hkv=hkv, d=d, s=384, lengths=lengths, start=start
     )
-    got = split_kv_attention(q, k, v, positions, kv_lengths, config=ATTENTION, implementation=implementation)
-    want = attention_reference.softmax_attention(
-        jnp.asarray(q), jnp.nan_to_num(k), jnp.nan_to_num(v), positions, kv_lengths, scale=d**-0.5
-    )
+    # Jitted, kernel and oracle alike: called eagerly, every jnp op of the reference's unrolled splits and
+    # blocks (and of the kernels' plumbing) is compiled on its own, which took seconds per shape.
+    attend = jax.jit(lambda *a: split_kv_attention(*a, config=ATTENTION, implementation=implementation))
+    got = attend(q, k, v, positions, kv_lengths)
+    oracle = jax.jit(lambda q, k, v, *a: attention_reference.softmax_attention(q, k, v, *a, scale=d**-0.5))
+    want = oracle(q, np.nan_to_num(k), np.nan_to_num(v), positions, kv_lengths)
     assert got.shape == q.shape and got.dtype == q.dtype
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
 
@@ -91,36 +93,53 @@ def test_a_query_that_sees_nothing_gives_zero_and_empty_rows_give_zero():
 @pytest.mark.parametrize("implementation", PALLAS)
 def test_attention_is_invariant_to_chunking_batch_capacity_and_unwritten_slots(implementation):
     rng = np.random.default_rng(7)
-    lengths = [300, 77]
-    # One KV head of 4 query heads: the interpreter's cost is per program, and GQA grouping is covered above.
+    # A chunk of T = 16 (two query tiles of 8), row 0's crossing the split boundary at 256, each row's
+    # last query on its last written slot, 3 splits of the cache. One KV head of 4 query heads: the
+    # interpreter's cost is per grid step, and GQA grouping is covered above.
+    lengths = [266, 77]
     q, k, v, positions, kv_lengths = _attention_case(
-        rng, b=2, t=64, hq=4, hkv=1, d=64, s=384, lengths=lengths, start=[236, 13]
+        rng, b=2, t=16, hq=4, hkv=1, d=64, s=384, lengths=lengths, start=[250, 61]
     )
 
-    # Jitted: a call at shapes seen before runs the compiled program (an eager call of the TPU
-    # interpreter compiles again: its programs hold host callbacks, which the persistent cache skips).
-    jitted = jax.jit(lambda *a: split_kv_attention(*a, config=ATTENTION, implementation=implementation))
-
-    def attend(q, k, v, positions, kv_lengths=kv_lengths):
-        return np.asarray(jitted(q, k, v, positions, kv_lengths))
-
-    full = attend(q, k, v, positions)
-    assert np.isfinite(full).all()  # the NaN written into every unwritten slot never reached the output
-    # A query alone (T = 1) and in a chunk of 7 gives what it gives in the chunk of 64.
-    assert_bitwise(attend(q[:, -1:], k, v, positions[:, -1:]), full[:, -1:], "T=1 vs T=64")
-    assert_bitwise(attend(q[:, 20:27], k, v, positions[:, 20:27]), full[:, 20:27], "T=7 vs T=64")
-    # Whatever the other row holds, and with the row alone.
     other = k.copy()
-    other[1] = rng.standard_normal(other[1].shape)
-    assert_bitwise(attend(q, other, v, positions)[0], full[0], "another row's cache changed")
-    assert_bitwise(attend(q[:1], k[:1], v[:1], positions[:1], kv_lengths[:1])[0], full[0], "the row alone")
-    # With a cache twice as large (its new half unwritten: NaN).
-    grow = lambda x: np.concatenate([x, np.full_like(x, np.nan)], axis=1)
-    assert_bitwise(attend(q, grow(k), grow(v), positions), full, "capacity doubled")
-    # The control: a change the query can see does change it.
+    other[1] = rng.standard_normal(other[1].shape)  # another row's cache, changed
     seen = k.copy()
-    seen[0, positions[0, -1]] += 1.0
-    assert not np.array_equal(attend(q, seen, v, positions)[0, -1], full[0, -1])
+    seen[0, positions[0, -1]] += 1.0  # a slot the last query of row 0 sees, changed
+    grow = lambda x: jnp.concatenate([x, jnp.full_like(x, jnp.nan)], axis=1)  # capacity doubled, unwritten
+
+    # Every call in one jitted program, each at its own shapes: a program of the TPU interpreter costs
+    # a second to compile (its host callbacks keep it out of the persistent cache), one per call at
+    # new shapes when they were jitted one by one. The three caches at the chunk's own shapes go through
+    # one copy of the kernel (`lax.map`), compiled once.
+    @jax.jit
+    def attend_all(q, k, v, positions, kv_lengths, other, seen):
+        def attend(q, k, v, positions, kv_lengths=kv_lengths):
+            return split_kv_attention(q, k, v, positions, kv_lengths, config=ATTENTION, implementation=implementation)
+
+        full, other_row, seen_changed = jax.lax.map(lambda k: attend(q, k, v, positions), jnp.stack([k, other, seen]))
+        return {
+            "full": full,
+            "T=1": attend(q[:, -1:], k, v, positions[:, -1:]),
+            "T=7": attend(q[:, 5:12], k, v, positions[:, 5:12]),  # across the two tiles of the chunk
+            "other row": other_row,
+            "row alone": attend(q[:1], k[:1], v[:1], positions[:1], kv_lengths[:1]),
+            "capacity doubled": attend(q, grow(k), grow(v), positions),
+            "seen": seen_changed,
+        }
+
+    out = {name: np.asarray(a) for name, a in attend_all(q, k, v, positions, kv_lengths, other, seen).items()}
+    full = out["full"]
+    assert np.isfinite(full).all()  # the NaN written into every unwritten slot never reached the output
+    # A query alone (T = 1) and in a chunk of 7 gives what it gives in the chunk of 16.
+    assert_bitwise(out["T=1"], full[:, -1:], "T=1 vs T=16")
+    assert_bitwise(out["T=7"], full[:, 5:12], "T=7 vs T=16")
+    # Whatever the other row holds, and with the row alone.
+    assert_bitwise(out["other row"][0], full[0], "another row's cache changed")
+    assert_bitwise(out["row alone"][0], full[0], "the row alone")
+    # With a cache twice as large (its new half unwritten: NaN).
+    assert_bitwise(out["capacity doubled"], full, "capacity doubled")
+    # The control: a change the query can see does change it.
+    assert not np.array_equal(out["seen"][0, -1], full[0, -1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,11 +166,14 @@ def test_bi_matmul_matches_float64(implementation):
 @pytest.mark.parametrize("implementation", PALLAS)
 def test_bi_matmul_rows_are_batch_invariant(implementation):
     x, w = _matmul_inputs()
-    full = np.asarray(bi_matmul(x, w, config=MATMUL, implementation=implementation))
-    # Every M is its own interpreted program: the row counts where the tiling changes (bm = 16: one to
-    # four row tiles, the last one full, one row into it, or partial), not all 64.
-    for m in (1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64):
-        assert_bitwise(bi_matmul(x[:m], w, config=MATMUL, implementation=implementation), full[:m], f"x[:{m}] @ w")
+    full = np.asarray(jax.jit(lambda x, w: bi_matmul(x, w, config=MATMUL, implementation=implementation))(x, w))
+    # The row counts where the tiling changes (bm = 16: one to four row tiles, the last one full, one
+    # row into it, or partial), not all 64; each its own call at its own M, all in one jitted program
+    # (one compile of the interpreter, not one per M).
+    rows = (1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64)
+    every_m = jax.jit(lambda x, w: [bi_matmul(x[:m], w, config=MATMUL, implementation=implementation) for m in rows])
+    for m, got in zip(rows, every_m(x, w), strict=True):
+        assert_bitwise(got, full[:m], f"x[:{m}] @ w")
 
 
 def test_tpu_matmul_tiles_come_from_k_and_n_and_keep_the_bits():
@@ -166,11 +188,19 @@ def test_tpu_matmul_tiles_come_from_k_and_n_and_keep_the_bits():
         512, 512, bm=16, bn=128, bk=128, x_dtype=x.dtype, w_dtype=w.dtype, out_dtype=jnp.float32
     )
     assert tiles == (256, 512), tiles  # all of K in one step; two column tiles (a v5p's two cores)
-    wide = matmul_tpu.bi_matmul(x, w, **kw)
-    assert_bitwise(wide, matmul_tpu.bi_matmul(x, w, tiles=(128, 128), **kw), "(256, 512) tiles vs (128, 128)")
-    np.testing.assert_allclose(np.asarray(wide), x.astype(np.float64) @ w, rtol=1e-5, atol=5e-5)
-    for m in (1, 17):
-        assert_bitwise(matmul_tpu.bi_matmul(x[:m], w, **kw), np.asarray(wide)[:m], f"x[:{m}] @ w")
+    # the four calls in one jitted program: one compile of the interpreter
+    calls = jax.jit(
+        lambda x, w: (
+            matmul_tpu.bi_matmul(x, w, **kw),
+            matmul_tpu.bi_matmul(x, w, tiles=(128, 128), **kw),
+            *(matmul_tpu.bi_matmul(x[:m], w, **kw) for m in (1, 17)),
+        )
+    )
+    wide, narrow, *first_rows = (np.asarray(a) for a in calls(x, w))
+    assert_bitwise(wide, narrow, "(256, 512) tiles vs (128, 128)")
+    np.testing.assert_allclose(wide, x.astype(np.float64) @ w, rtol=1e-5, atol=5e-5)
+    for m, got in zip((1, 17), first_rows, strict=True):
+        assert_bitwise(got, wide[:m], f"x[:{m}] @ w")
 
 
 def test_xla_dot_on_cpu_is_not_batch_invariant():
@@ -184,20 +214,23 @@ def test_xla_dot_on_cpu_is_not_batch_invariant():
 def test_rms_norm_matches_and_rows_are_independent(implementation):
     x, _ = _matmul_inputs()
     scale = np.random.default_rng(4).standard_normal(200).astype(np.float32)
-    full = np.asarray(rms_norm(x, scale, eps=1e-6, implementation=implementation))
+    norm = lambda x, scale: rms_norm(x, scale, eps=1e-6, implementation=implementation)
+    full = np.asarray(jax.jit(norm)(x, scale))
     want = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-6) * scale
     np.testing.assert_allclose(full, want, rtol=1e-5, atol=1e-5)
     if implementation != "reference":
-        for m in (1, 7, 33):
-            assert_bitwise(rms_norm(x[:m], scale, implementation=implementation), full[:m], f"rows [:{m}]")
+        rows = (1, 7, 33)  # each its own call, all in one jitted program
+        every_m = jax.jit(lambda x, s: [norm(x[:m], s) for m in rows])
+        for m, got in zip(rows, every_m(x, scale), strict=True):
+            assert_bitwise(got, full[:m], f"rows [:{m}]")
 
 
 # ----------------------------------------------------------------------------------------------
 # Gradients: the kernels' forward, the XLA functions' backward
 
 
-def _grads(fn, *args):
-    return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=tuple(range(len(args)))))(*args)
+def _value_and_grads(fn, args):
+    return jax.value_and_grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=tuple(range(len(args))))(*args)
 
 
 @pytest.mark.parametrize("implementation", ["interpret_gpu"])
@@ -228,13 +261,20 @@ def test_kernel_gradients_match_xla_and_the_forward_is_the_kernels(implementatio
             (x, scale),
         ),
     }
-    for name, (kernel, xla, args) in cases.items():
-        value, grads = _grads(kernel, *args)
+    # Three programs, not one per case and kind: the kernels' values and gradients, the kernels'
+    # forwards (apart: in one program with the gradients, XLA could share the forward between them),
+    # and the XLA functions' values and gradients.
+    args = {name: case_args for name, (_, _, case_args) in cases.items()}
+    kernel_grads = jax.jit(lambda args: {n: _value_and_grads(cases[n][0], a) for n, a in args.items()})(args)
+    forwards = jax.jit(lambda args: {n: jnp.sum(cases[n][0](*a) ** 2) for n, a in args.items()})(args)
+    # the reference sees zeros where the cache is unwritten (NaN): the kernel's gradient must not see them
+    zeroed = jax.tree.map(lambda a: np.nan_to_num(np.asarray(a)), args)
+    xla_grads = jax.jit(lambda args: {n: _value_and_grads(cases[n][1], a) for n, a in args.items()})(zeroed)
+    for name in cases:
+        value, grads = kernel_grads[name]
         # the value under differentiation is the kernel's own forward, bit for bit
-        forward = jax.jit(lambda *a, kernel=kernel: jnp.sum(kernel(*a) ** 2))
-        assert_bitwise(value, forward(*args), f"{name}: forward under grad")
-        # the reference sees zeros where the cache is unwritten (NaN): the kernel's gradient must not see them
-        want_value, want = _grads(xla, *(jnp.nan_to_num(jnp.asarray(a)) for a in args))
+        assert_bitwise(value, forwards[name], f"{name}: forward under grad")
+        want_value, want = xla_grads[name]
         np.testing.assert_allclose(float(value), float(want_value), rtol=1e-5, err_msg=name)
         for i, (g, g_want) in enumerate(zip(grads, want, strict=True)):
             assert np.isfinite(np.asarray(g)).all(), f"{name}: gradient {i} is not finite"
