@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -27,16 +26,14 @@ def _config(implementation):
     return DEVICE_CONFIGS.get(implementation, CONFIG)
 
 
-@functools.cache
-def _jit(op, implementation, config=True):
-    """`op` with `implementation` (and its config, unless `config` is False), jitted once per module: a
-    second call at the same shapes runs the compiled program (the TPU interpreter's programs hold host
-    callbacks, so the persistent cache does not keep them, and an eager call compiles them again)."""
-    kw = {"implementation": implementation} | ({"config": _config(implementation)} if config else {})
-    return jax.jit(functools.partial(op, **kw))
+# Each test runs its kernel calls in one jitted program, each call at its own shapes: a program is
+# compiled once, where eager calls compile every op on its own, and the TPU interpreter's programs
+# hold host callbacks, so the persistent cache does not keep them: each program costs a compile.
 
 
 D, F = 128, 128
+# The oracle, jitted: called eagerly, each of its ops is compiled on its own.
+_dense_reference = jax.jit(reference.dense_reference)
 
 
 def _case(seed: int, t: int, e: int, k: int, ids=None):
@@ -67,9 +64,12 @@ def _routing(name: str, t: int, e: int, k: int):
 def test_moe_kernels_match_the_dense_reference(implementation, e, k, routing):
     t = 12
     args = _case(e * 10 + k, t, e, k, _routing(routing, t, e, k))
-    want = np.asarray(reference.dense_reference(*args))
-    for op in (api.moe_gemv, api.moe_gmm):
-        got = np.asarray(_jit(op, implementation)(*args))
+    want = np.asarray(_dense_reference(*args))
+    ops = (api.moe_gemv, api.moe_gmm)
+    kw = {"config": _config(implementation), "implementation": implementation}
+    both = jax.jit(lambda *a: [op(*a, **kw) for op in ops])  # one program: one compile
+    for op, got in zip(ops, both(*args), strict=True):
+        got = np.asarray(got)
         assert got.shape == (t, D) and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=op.__name__)
 
@@ -77,17 +77,23 @@ def test_moe_kernels_match_the_dense_reference(implementation, e, k, routing):
 @pytest.mark.parametrize("implementation", [*PALLAS_CPU, *DEVICE])
 def test_gemv_and_gmm_agree_bit_for_bit_whatever_the_batch(implementation):
     rng = np.random.default_rng(0)
+    kw = {"config": _config(implementation), "implementation": implementation}
+
+    # Each call at its own shapes, all of a trial in one jitted program (one compile, not one per call);
+    # gmm of the tokens and of the tokens reversed is one kernel at one shape, run twice by `lax.map`
+    # (one copy of it to compile).
+    @jax.jit
+    def calls(x, ids, weights, *w):
+        tokens = jax.tree.map(lambda a: jnp.stack([a, a[::-1]]), (x, ids, weights))
+        gmm, back = jax.lax.map(lambda a: api.moe_gmm(*a, *w, **kw), tokens)
+        return api.moe_gemv(x, ids, weights, *w, **kw), gmm, back, api.moe_gemv(x[:1], ids[:1], weights[:1], *w, **kw)
+
     for trial in range(3):  # several random routings, token counts and expert counts
         t, e, k = int(rng.integers(1, 20)), int(rng.choice([4, 8, 16])), int(rng.choice([1, 2]))
-        args = _case(100 + trial, t, e, k)
-        gemv_op, gmm_op = _jit(api.moe_gemv, implementation), _jit(api.moe_gmm, implementation)
-        gemv, gmm = np.asarray(gemv_op(*args)), np.asarray(gmm_op(*args))
+        gemv, gmm, back, alone = (np.asarray(a) for a in calls(*_case(100 + trial, t, e, k)))
         assert_bitwise(gemv, gmm, f"trial {trial}: gemv vs gmm")
         # The tokens reversed, and the first token alone: each token's row is unchanged.
-        x, ids, weights, *w = args
-        back = np.asarray(gmm_op(x[::-1], ids[::-1], weights[::-1], *w))
         assert_bitwise(back[::-1], gmm, f"trial {trial}: tokens reversed")
-        alone = np.asarray(gemv_op(x[:1], ids[:1], weights[:1], *w))
         assert_bitwise(alone, gemv[:1], f"trial {trial}: a token alone")
 
 
@@ -117,27 +123,27 @@ def test_non_local_experts_contribute_exactly_zero(implementation):
     outputs summed reproduce the one-device slots and output bit for bit."""
     t, e, k = 9, 8, 2
     x, ids, weights, w_gate, w_up, w_down = _case(7, t, e, k)
-    whole = {
-        op: np.asarray(_jit(op, implementation)(x, ids, w_gate, w_up, w_down))
-        for op in (api.moe_gemv_slots, api.moe_gmm_slots)
-    }
-    for op, want in whole.items():
-        halves = [
-            np.asarray(
-                _jit(op, implementation)(x, ids - lo, w_gate[lo : lo + 4], w_up[lo : lo + 4], w_down[lo : lo + 4])
-            )
-            for lo in (0, 4)
-        ]
-        for lo, half in zip((0, 4), halves, strict=True):
+    ops = (api.moe_gemv_slots, api.moe_gmm_slots)
+    kw = {"config": _config(implementation), "implementation": implementation}
+
+    @jax.jit  # every call in one program: one compile; the two shards' calls by `lax.map` (one copy)
+    def calls(x, ids, weights, w_gate, w_up, w_down):
+        whole = [op(x, ids, w_gate, w_up, w_down, **kw) for op in ops]
+        shards = (jnp.stack([ids, ids - 4]), *(jnp.stack([w[:4], w[4:]]) for w in (w_gate, w_up, w_down)))
+        halves = [jax.lax.map(lambda a, op=op: op(x, *a, **kw), shards) for op in ops]
+        combined = [api.moe_combine(h[0] + h[1], weights, implementation=implementation) for h in halves]
+        return whole, halves, combined
+
+    whole, halves, combined = jax.tree.map(np.asarray, calls(x, ids, weights, w_gate, w_up, w_down))
+    want_combined = np.asarray(_dense_reference(x, ids, weights, w_gate, w_up, w_down))
+    for op, want, op_halves, op_combined in zip(ops, whole, halves, combined, strict=True):
+        for lo, half in zip((0, 4), op_halves, strict=True):
             elsewhere = (ids < lo) | (ids >= lo + 4)
             assert elsewhere.any() and (~elsewhere).any()
             assert (half[elsewhere] == 0).all(), op.__name__
-        assert_bitwise(halves[0] + halves[1], want, op.__name__)
-        combined = _jit(api.moe_combine, implementation, config=False)(halves[0] + halves[1], weights)
-        np.testing.assert_allclose(
-            np.asarray(combined), reference.dense_reference(x, ids, weights, w_gate, w_up, w_down), rtol=1e-5, atol=1e-5
-        )
-    assert_bitwise(whole[api.moe_gemv_slots], whole[api.moe_gmm_slots], "gemv vs gmm slots")
+        assert_bitwise(op_halves[0] + op_halves[1], want, op.__name__)
+        np.testing.assert_allclose(op_combined, want_combined, rtol=1e-5, atol=1e-5)
+    assert_bitwise(whole[0], whole[1], "gemv vs gmm slots")
 
 
 def test_bad_shapes_are_refused():
@@ -163,8 +169,9 @@ def test_moe_gmm_gradients_match_the_reference(implementation):
         return f
 
     kernel = lambda *a: api.moe_gmm(*a, config=_config(implementation), implementation=implementation)
-    got = jax.grad(loss(kernel), argnums=(0, 1, 2, 3, 4))(x, weights, w_gate, w_up, w_down)
-    want = jax.grad(loss(reference.dense_reference), argnums=(0, 1, 2, 3, 4))(x, weights, w_gate, w_up, w_down)
+    # jitted: differentiated eagerly, every op of the forward and backward passes is compiled on its own
+    got = jax.jit(jax.grad(loss(kernel), argnums=(0, 1, 2, 3, 4)))(x, weights, w_gate, w_up, w_down)
+    want = jax.jit(jax.grad(loss(reference.dense_reference), argnums=(0, 1, 2, 3, 4)))(x, weights, w_gate, w_up, w_down)
     for name, g, w in zip(("x", "weights", "w_gate", "w_up", "w_down"), got, want, strict=True):
         assert g.shape == w.shape, name
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5, err_msg=name)
@@ -177,7 +184,8 @@ def test_tpu_tiles_come_from_the_weights_and_keep_the_bits(monkeypatch):
     from pallas_kernels.moe import tpu
 
     rng = np.random.default_rng(11)
-    t, e, k, d, f = 5, 4, 2, 256, 512
+    # 3 tokens: the tiles do not depend on them, and every narrow-tiled program is 8 interpreted steps
+    t, e, k, d, f = 3, 4, 2, 256, 512
     x = rng.standard_normal((t, d)).astype(np.float32)
     w_gate, w_up = ((0.1 * rng.standard_normal((e, d, f))).astype(np.float32) for _ in range(2))
     w_down = (0.1 * rng.standard_normal((e, f, d))).astype(np.float32)
@@ -187,15 +195,14 @@ def test_tpu_tiles_come_from_the_weights_and_keep_the_bits(monkeypatch):
     assert tpu.expert_tiles(d, f, n_weights=2, **kw) == (f, d)  # gate and up: [D, F] in one tile
     assert tpu.expert_tiles(f, d, n_weights=1, **kw) == (d, f)  # down: [F, D] in one tile
     args = (x, ids, w_gate, w_up, w_down)
-    wide = {
-        op: np.asarray(op(*args, config=config, implementation="interpret_tpu"))
-        for op in (api.moe_gemv_slots, api.moe_gmm_slots)
-    }
-    assert_bitwise(wide[api.moe_gemv_slots], wide[api.moe_gmm_slots], "gemv vs gmm, wide tiles")
+    ops = (api.moe_gemv_slots, api.moe_gmm_slots)
+    # Both kernels in one jitted program (a new function object each time: traced again after the patch).
+    both = lambda: jax.jit(lambda *a: [op(*a, config=config, implementation="interpret_tpu") for op in ops])
+    wide = [np.asarray(y) for y in both()(*args)]
+    assert_bitwise(wide[0], wide[1], "gemv vs gmm, wide tiles")
     monkeypatch.setattr(tpu, "expert_tiles", lambda *_, block_k, **__: (block_k, block_k))
-    for op in (api.moe_gemv_slots, api.moe_gmm_slots):
-        narrow = op(*args, config=config, implementation="interpret_tpu")
-        assert_bitwise(wide[op], narrow, f"{op.__name__}: shape-chosen tiles vs 128 × 128")
+    for op, wide_y, narrow in zip(ops, wide, both()(*args), strict=True):
+        assert_bitwise(wide_y, narrow, f"{op.__name__}: shape-chosen tiles vs 128 × 128")
 
 
 @pytest.mark.parametrize("implementation", [*CPU_IMPLEMENTATIONS, *DEVICE])
@@ -213,11 +220,17 @@ def test_an_expert_width_off_the_block_is_zero_padded_exactly(implementation):
     weights = rng.random((t, k)).astype(np.float32)
     pad = ((0, 0), (0, 0), (0, f_padded - f))
     padded = (np.pad(w_gate, pad), np.pad(w_up, pad), np.pad(w_down, ((0, 0), (0, f_padded - f), (0, 0))))
-    want = np.asarray(reference.dense_reference(x, ids, weights, w_gate, w_up, w_down))
+    want = np.asarray(_dense_reference(x, ids, weights, w_gate, w_up, w_down))
+    ops = (api.moe_gemv, api.moe_gmm)
+    kw = {"config": config, "implementation": implementation}
+
+    @jax.jit  # the four calls in one program: one compile
+    def calls(x, ids, weights, w, padded):
+        return [(op(x, ids, weights, *w, **kw), op(x, ids, weights, *padded, **kw)) for op in ops]
+
     got = {}
-    for op in (api.moe_gemv, api.moe_gmm):
-        got[op] = np.asarray(_jit(op, implementation)(x, ids, weights, w_gate, w_up, w_down))
+    for op, (y, padded_y) in zip(ops, calls(x, ids, weights, (w_gate, w_up, w_down), padded), strict=True):
+        got[op] = np.asarray(y)
         np.testing.assert_allclose(got[op], want, rtol=1e-5, atol=1e-5, err_msg=op.__name__)
-        padded_got = _jit(op, implementation)(x, ids, weights, *padded)
-        assert_bitwise(got[op], padded_got, f"{op.__name__}: F {f} vs zero-padded {f_padded}")
+        assert_bitwise(got[op], padded_y, f"{op.__name__}: F {f} vs zero-padded {f_padded}")
     assert_bitwise(got[api.moe_gemv], got[api.moe_gmm], "gemv vs gmm")
