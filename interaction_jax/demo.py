@@ -27,10 +27,10 @@ from interaction_jax.train.metrics import read_jsonl
 # The demo's training, fixed so that every machine trains the same model (docs/results.md has the
 # measurements behind it): DEMO_STEPS steps of DEMO_BATCH windows of DEMO_WINDOW_CHUNKS chunks. A window
 # is a whole episode (data.episode_chunks), the context a served session has (docs/data.md, Windows).
-DEMO_STEPS = 720
+DEMO_STEPS = 840
 DEMO_BATCH = 2
 DEMO_WINDOW_CHUNKS = 50
-DEMO_EVAL_EVERY = 360
+DEMO_EVAL_EVERY = 420
 # The default safety cap on the whole demo, minutes: generous, so that only a machine much slower than
 # two cores stops short of DEMO_STEPS (and says so).
 DEFAULT_MAX_MINUTES = 25.0
