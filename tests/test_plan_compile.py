@@ -148,6 +148,7 @@ def test_the_table_says_it_is_an_estimate(train_report, serve_report):
 # -- a config that cannot fit
 
 
+@pytest.mark.slow  # a CLI subprocess's deviceless compile
 def test_a_config_that_does_not_fit_fails_naming_its_biggest_buffers(tmp_path):
     _need_libtpu()
     mesh = tmp_path / "v5e-4.yaml"  # 4 v5e chips, data parallel
@@ -374,6 +375,7 @@ def test_model_flops_are_6n_plus_attention_for_training_and_2n_for_serving():
     assert aot.model_flops(cfg, 1000, 10, train=False) == 2 * 1000 * 10
 
 
+@pytest.mark.slow  # a CLI subprocess's deviceless compile
 def test_deviceless_programs_stay_out_of_the_persistent_cache(tmp_path):
     """A compile-only TPU program written to JAX's persistent cache cannot be read back without a TPU client
     (a warning on every later hit); the CPU programs around it are still cached (the control: the cache is on)."""

@@ -16,7 +16,7 @@ import pytest
 from interaction_jax import sweep
 from tests.test_plan_compile import _need_libtpu
 
-pytestmark = pytest.mark.compile
+pytestmark = [pytest.mark.compile, pytest.mark.slow]  # tiny's whole train step, compiled deviceless
 
 
 def test_a_dry_run_prints_each_runs_compiled_memory_and_step_time(tmp_path):
