@@ -3,9 +3,11 @@
 Checked in a fresh interpreter, so what the test session has already imported cannot hide a leak.
 """
 
+import ast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,65 @@ def test_the_check_sees_a_leak():
     # the control: eval does load the scenario code (it must, to make held-out episodes)
     assert under("interaction_jax.data.scenarios", ["interaction_jax.data"])
     assert "interaction_jax.data.scenarios" in loaded_modules(["interaction_jax.eval"])
+
+
+def import_graph(packages: tuple[str, ...] = ("interaction_jax", "pallas_kernels")) -> dict[str, set[str]]:
+    """module → the project's modules it imports, anywhere in its file (function-level imports too), read
+    from the source; `from a import b` counts as importing `a.b` where that is a module, else `a`."""
+    root = Path(__file__).resolve().parents[1]
+    files = {}
+    for package in packages:
+        for path in (root / package).rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def project_module(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {project_module(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                targets |= {project_module(f"{base}.{a.name}") for a in node.names}
+        graph[name] = {t for t in targets if t and t != name}
+    return graph
+
+
+def import_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of imports in `graph` (a list of modules, the first repeated at the end), or None."""
+    done, path = set(), []
+
+    def visit(module: str) -> list[str] | None:
+        if module in path:
+            return [*path[path.index(module) :], module]
+        if module in done:
+            return None
+        path.append(module)
+        for target in sorted(graph.get(module, ())):
+            if circle := visit(target):
+                return circle
+        path.pop()
+        done.add(module)
+        return None
+
+    return next((c for m in sorted(graph) if (c := visit(m))), None)
+
+
+def test_no_import_circle_among_the_projects_modules():
+    graph = import_graph()
+    assert len(graph) > 100 and "interaction_jax.model.step" in graph["interaction_jax.serve.engine"]
+    assert import_circle(graph) is None, " → ".join(import_circle(graph))
+    # the control: one edge back from a room below closes a circle, and it is found
+    leaky = {**graph, "interaction_jax.stream": graph["interaction_jax.stream"] | {"interaction_jax.serve.engine"}}
+    circle = import_circle(leaky)
+    assert circle and circle[0] == circle[-1] and "interaction_jax.serve.engine" in circle
