@@ -16,7 +16,6 @@ config under two settings compares in one call (`compare`; e.g. scanned vs unrol
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import math
@@ -34,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from interaction_jax import config as config_lib
 from interaction_jax import sharding, stream
 from interaction_jax.config import Config, ConfigError
+from pallas_kernels import compile_check
 
 INSTALL_HINT = 'pip install -e ".[tpu-compile]"'
 GIB = 1024**3
@@ -493,20 +493,6 @@ def model_flops(cfg: Config, active_params: int, tokens: int, train: bool) -> fl
     return (6.0 * active_params + 12.0 * m.n_layers * m.n_heads * m.head_dim * window) * tokens
 
 
-@contextlib.contextmanager
-def _no_persistent_cache():
-    """Keep deviceless programs out of JAX's persistent compilation cache: a compile-only TPU executable is
-    written there but cannot be read back without a TPU client (a warning on every later hit, and disk).
-    JAX decides once per process whether the cache is on, so this raises the compile time an entry needs
-    to be written instead (read at every write)."""
-    least = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
-    try:
-        yield
-    finally:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", least)
-
-
 def compile_program(name: str, fn: Any, args: tuple, arg_names: Sequence[str], mesh, cfg: Config, chip: Chip):
     """(compiled executable, compile seconds) of `fn` traced on `args` under the mesh and its rules.
 
@@ -515,7 +501,7 @@ def compile_program(name: str, fn: Any, args: tuple, arg_names: Sequence[str], m
         start = time.perf_counter()
         traced = fn.trace(*args)
         try:
-            with _no_persistent_cache():
+            with compile_check.no_persistent_cache():
                 compiled = traced.lower().compile()
         except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" not in str(e):

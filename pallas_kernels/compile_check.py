@@ -22,6 +22,7 @@ Nothing here imports `interaction_jax`; the cases are in `compile_cases.py`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -62,9 +63,25 @@ def _placed(specs: Sequence[jax.ShapeDtypeStruct], device) -> list[jax.ShapeDtyp
     return [jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding) for s in specs]
 
 
+@contextlib.contextmanager
+def no_persistent_cache():
+    """Keep deviceless programs out of JAX's persistent compilation cache: a compile-only TPU executable is
+    written there but cannot be read back without a TPU client (a warning on every later hit, and disk).
+    JAX decides once per process whether the cache is on, so this raises the compile time an entry needs
+    to be written instead (read at every write)."""
+    least = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+    try:
+        yield
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", least)
+
+
 def compile_tpu(fn: Callable, specs: Sequence[jax.ShapeDtypeStruct], target: str):
     """The compiled executable of `fn` on one chip of `target`; raises what Mosaic or XLA reports."""
-    return jax.jit(fn).trace(*_placed(specs, tpu_device(target))).lower().compile()
+    traced = jax.jit(fn).trace(*_placed(specs, tpu_device(target)))
+    with no_persistent_cache():
+        return traced.lower().compile()
 
 
 def lower_cuda(fn: Callable, specs: Sequence[jax.ShapeDtypeStruct]) -> str:

@@ -257,7 +257,8 @@ def _tpu_programs(cfg, target):
         cfg, optimizer, mesh, state_lib.state_shardings(cfg, optimizer, mesh), batch
     )
     state = state_lib.abstract_state(cfg, optimizer, mesh)
-    with sharding.mesh_context(mesh, cfg.mesh):  # what the wrapper does around the jitted function
+    # under the mesh: what the wrapper does around the jitted function
+    with sharding.mesh_context(mesh, cfg.mesh), compile_check.no_persistent_cache():
         compiled = step_fn.__wrapped__.trace(state, batch_specs).lower().compile()
     yield "train step", compiled.as_text()
 
