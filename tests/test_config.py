@@ -363,3 +363,22 @@ def test_the_config_package_loads_neither_jax_nor_data():
     code = "import sys, interaction_jax.config as c; c.validate(c.preset('tiny'), 4); print(sorted(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "'jax'" not in loaded and "interaction_jax.data" not in loaded and "interaction_jax.sharding" not in loaded
+
+
+def test_a_time_of_day_is_a_string_not_a_base_60_number(tmp_path):
+    """PyYAML reads YAML 1.1's base-60 numbers: `9:30` would be 570 and refused as not a string (control)."""
+    import yaml
+
+    from interaction_jax.config import loading
+
+    assert yaml.safe_load("9:30") == 570  # the hazard
+    cfg = config_lib.validate(config_lib.override(config_lib.preset("tiny"), ["serve.tools_clock=9:30"]))
+    assert cfg.serve.tools_clock == "9:30"
+    path = tmp_path / "clock.yaml"
+    path.write_text("preset: tiny\nserve:\n  tools_clock: 9:30\n")
+    assert config_lib.load_yaml(path).serve.tools_clock == "9:30"
+    path.write_text(config_lib.dump_yaml(cfg))  # written and read back the same
+    assert config_lib.load_yaml(path).serve.tools_clock == "9:30"
+    # every other scalar reads as PyYAML reads it
+    for text in ("10", "0x1f", "017", "1_000", "3.5", "1.5e-3", ".5", "-.inf", "1e-3", "true", "yes", "~", "[1, 2]"):
+        assert loading.load_yaml_text(text) == yaml.safe_load(text), text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,37 @@ import yaml
 
 from interaction_jax.config.presets import preset
 from interaction_jax.config.tree import Config, ConfigError, LogicalRules, MeshConfig
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML without YAML 1.1's base-60 numbers, which PyYAML still reads: `9:30` (a time of day,
+    `serve.tools_clock`) is the string "9:30", not the integer 570. Every other scalar reads as before."""
+
+
+_NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBERS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+# PyYAML's own int and float patterns, less their sexagesimal alternatives
+_Loader.add_implicit_resolver(
+    _NUMBERS[0],
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    _NUMBERS[1],
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_text(text: Any) -> Any:
+    """`yaml.safe_load` without base-60 numbers (`_Loader`): every config YAML and override goes through it."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def to_dict(cfg: Any) -> Any:
@@ -142,7 +174,7 @@ def from_dict(data: dict, base: Config | None = None) -> Config:
 def load_yaml(path: str | Path, base: Config | None = None) -> Config:
     """A config from a YAML file of (partial) keys, applied on top of `base` (a preset)."""
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        data = load_yaml_text(f) or {}
     if "preset" in data:
         base = preset(data.pop("preset"))
     return from_dict(data, base)
@@ -159,7 +191,7 @@ def load_mesh(path: str | Path) -> MeshConfig:
     applies to `mesh.rules` in a config YAML and to `--set mesh.rules.<name>=[...]`.
     """
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        data = load_yaml_text(f) or {}
     return _from_dict(MeshConfig, data, "mesh", MeshConfig())
 
 
@@ -170,7 +202,7 @@ def override(cfg: Config, assignments: list[str]) -> Config:
             raise ConfigError(assignment, "an override must look like a.b=c", f"write {assignment}=<value>")
         key, raw = assignment.split("=", 1)
         key = key.strip()
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml_text(raw) if raw.strip() else ""
         if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
             value = raw.strip()  # YAML 1.1 reads yes/no/on/off as booleans; we want explicit true/false
         nested: Any = value
