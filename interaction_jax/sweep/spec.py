@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from interaction_jax import config as config_lib
+from interaction_jax.config.loading import load_yaml_text
 
 DEFAULT_PRESET = "tiny"
 DEFAULT_WORKDIR_ROOT = "runs/sweeps"
@@ -160,7 +161,7 @@ def yaml_value(key: str, value: Any) -> str:
         fix = "use a number, bool, string or list"
         raise SweepError(key, f"cannot write {value!r} as a --set value ({e})", fix) from e
     text = text.removesuffix("\n...")  # safe_dump ends plain scalars with a document-end marker
-    if "\n" in text or yaml.safe_load(text) != plain:
+    if "\n" in text or load_yaml_text(text) != plain:  # read back as `config.override` reads it
         raise SweepError(key, f"{value!r} does not survive `--set {key}=…`", "use a number, bool, string or list")
     return text
 
