@@ -119,3 +119,34 @@ def test_microturn_samples_from_the_calibrated_logits():
         np.testing.assert_array_equal(
             np.asarray(outs[bias]["text_logits"][:, 0]), np.asarray(outs[0.0]["text_logits"][:, 0])
         )
+
+
+def test_microturn_reports_the_speak_probability_its_decision_used():
+    """`speak_prob` is 1 − p(PAD) of the calibrated logits in every text slot, and the decision is exactly
+    `speak_prob > speak_threshold`: at a threshold between two slots' probabilities, one speaks and the
+    other does not."""
+    cfg = config_lib.validate(config_lib.override(config_lib.preset("tiny"), list(SMALL)))
+    s = cfg.stream
+    params = step_lib.init_params(cfg, jax.random.key(0))
+    fn = step_lib.jit_microturn(cfg)
+    block = microturn_block(s, random_chunks(s, 0, 1, seed=1) * 2)
+    bias = 2.0
+    out, _ = fn(
+        params, kv_cache.init_cache(cfg.model, 2, 64), block, jax.random.key(0), step_lib.Sampling(pad_bias=bias)
+    )
+    logits = np.asarray(out["text_logits"], np.float64)
+    logits[..., PAD] += bias
+    peak = logits.max(axis=-1, keepdims=True)
+    log_total = peak[..., 0] + np.log(np.exp(logits - peak).sum(axis=-1))
+    expected = 1.0 - np.exp(logits[..., PAD] - log_total)
+    speak = np.asarray(out["speak_prob"])
+    assert speak.shape == (2, s.text_out_slots)
+    np.testing.assert_allclose(speak, expected, atol=1e-5)
+    # The first slot's decision at a threshold just below and just above its own probability (the rest of
+    # the block then follows from different fed-back tokens, so only slot 0 is compared).
+    p0 = float(speak[0, 0])
+    for threshold, speaks in ((p0 - 1e-3, True), (p0 + 1e-3, False)):
+        sampling = step_lib.Sampling(pad_bias=bias, speak_threshold=threshold)
+        o, _ = fn(params, kv_cache.init_cache(cfg.model, 2, 64), block, jax.random.key(0), sampling)
+        assert (int(o["text"][0, 0]) != PAD) is speaks, threshold
+        assert float(o["speak_prob"][0, 0]) == p0

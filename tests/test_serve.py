@@ -491,7 +491,9 @@ class ScriptedEngine:
             k = self._chunks[slot]
             ids = self.script.get(k, []) + [tokenizer.PAD] * S.text_out_slots
             mel = np.full((S.audio_slots * S.stack, S.n_mels), S.dmel_min, np.float32)
-            out[slot] = ChunkOutput(k, np.array(ids[: S.text_out_slots], np.int32), mel, np.zeros((4, 2, 80), np.uint8))
+            text = np.array(ids[: S.text_out_slots], np.int32)
+            speak = (text != tokenizer.PAD).astype(np.float32)
+            out[slot] = ChunkOutput(k, text, mel, np.zeros((4, 2, 80), np.uint8), speak)
             self._chunks[slot] = k + 1
         return out
 

@@ -50,7 +50,9 @@ class Rollout:
     """What the model said over one episode, chunk by chunk, and what the episode says it should have.
 
     text / reference_text: int32 [n, text_out_slots]; text_in: int32 [n, text_in_slots];
-    mel / reference_mel: float32 [n, frames_per_chunk, n_mels] log10-mel; levels: uint8 dMel of `mel`.
+    mel / reference_mel: float32 [n, frames_per_chunk, n_mels] log10-mel; levels: uint8 dMel of `mel`;
+    speak_prob: float32 [n, text_out_slots], the calibrated probability of saying anything in each text
+    slot, which the speak-or-stay-silent decision compared with the threshold (`ChunkOutput.speak_prob`).
     """
 
     scenario: str
@@ -63,6 +65,7 @@ class Rollout:
     text_in: np.ndarray
     reference_text: np.ndarray
     reference_mel: np.ndarray
+    speak_prob: np.ndarray
     rng_seed: int = 0
 
     @property
@@ -147,6 +150,7 @@ def rollout(cfg: Config, params: dict, episode: Episode, *, rng_seed: int = 0, e
         reference_text=np.stack([p.text_out for p in payloads]).astype(np.int32),
         reference_mel=np.stack([p.audio_out_mel.reshape(frames, s.n_mels) for p in payloads]).astype(np.float32),
         rng_seed=rng_seed,
+        speak_prob=np.stack([o.speak_prob for o in outputs]).astype(np.float32),
     )
 
 

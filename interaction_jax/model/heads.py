@@ -136,6 +136,12 @@ def sample_text(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, rng
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
+def speak_probability(logits: jax.Array, silence_id: int) -> jax.Array:
+    """float32 [...]: the probability of saying anything at all in a slot, 1 − p(`silence_id`), from
+    logits [..., V] — the quantity `sample_text_or_silence` compares with its threshold."""
+    return 1.0 - jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., silence_id]
+
+
 def sample_text_or_silence(
     logits: jax.Array,
     silence_id: int,
@@ -152,6 +158,6 @@ def sample_text_or_silence(
     token is drawn by `sample_text` from the other tokens alone. Traced scalars; `rng` as `sample_text`.
     """
     logits = logits.astype(jnp.float32)
-    speak = 1.0 - jax.nn.softmax(logits, axis=-1)[..., silence_id]
+    speak = speak_probability(logits, silence_id)
     said = sample_text(logits.at[..., silence_id].set(-jnp.inf), temperature, top_p, rng)
     return jnp.where(speak > speak_threshold, said, silence_id).astype(jnp.int32)

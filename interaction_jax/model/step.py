@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from interaction_jax import stream, tokenizer
 from interaction_jax.config import PATCH_SIZE, Config
 from interaction_jax.model.cache import Cache, capacity, init_cache
-from interaction_jax.model.heads import euler_sample, flow_matching_loss, sample_text_or_silence
+from interaction_jax.model.heads import euler_sample, flow_matching_loss, sample_text_or_silence, speak_probability
 from interaction_jax.model.transformer import InteractionModel
 
 Kind = stream.Kind
@@ -246,8 +246,10 @@ def microturn(
     is predicted from the hidden state of the token before it and fed back through `step`, with
     generated mel re-quantised to dMel exactly as training embeds AUDIO_OUT.
 
-    Returns ({`text` [B, To], `text_logits` [B, To, V], `mel` [B, Ao, stack, n_mels] log10-mel,
-    `audio` [B, Ao, stack, n_mels] dMel levels}, cache).
+    Returns ({`text` [B, To], `text_logits` [B, To, V], `speak_prob` [B, To], `mel` [B, Ao, stack, n_mels]
+    log10-mel, `audio` [B, Ao, stack, n_mels] dMel levels}, cache). `speak_prob` is the calibrated
+    probability of saying anything in the slot (`heads.speak_probability`), the number the sampler's
+    speak-or-stay-silent decision compares with `speak_threshold`; `text_logits` are the model's own.
     """
     s = cfg.stream
     active = input_block["active"]
@@ -261,8 +263,9 @@ def microturn(
         h, cache = carry
         slot_rng, teacher = xs
         logits = text_logits(params, h, cfg=cfg)
+        calibrated = calibrated_logits(logits, sampling.pad_bias)
         token = sample_text_or_silence(
-            calibrated_logits(logits, sampling.pad_bias),
+            calibrated,
             tokenizer.PAD,
             sampling.speak_threshold,
             sampling.temperature,
@@ -272,7 +275,7 @@ def microturn(
         token = teacher if teacher is not None else token
         kind = jnp.where(active, Kind.TEXT_OUT, Kind.PAD).astype(jnp.int32)
         hidden, cache, _ = step(params, cache, _one_token_batch(cfg, kind, cache, text=token), cfg=cfg)
-        return (hidden[:, 0], cache), (token, logits)
+        return (hidden[:, 0], cache), (token, logits, speak_probability(calibrated, tokenizer.PAD))
 
     def audio_slot(carry, xs):
         h, cache = carry
@@ -296,7 +299,7 @@ def microturn(
 
     teacher_text = input_block.get("teacher_text")
     teacher_mel = input_block.get("teacher_mel")
-    (h, cache), (tokens, logits) = jax.lax.scan(
+    (h, cache), (tokens, logits, speak) = jax.lax.scan(
         text_slot, (h, cache), slot_inputs(text_rng, s.text_out_slots, teacher_text)
     )
     (h, cache), (mel, levels) = jax.lax.scan(audio_slot, (h, cache), slot_inputs(audio_rng, s.audio_slots, teacher_mel))
@@ -304,6 +307,7 @@ def microturn(
     outputs = {
         "text": jnp.moveaxis(tokens, 0, 1),
         "text_logits": jnp.moveaxis(logits, 0, 1),
+        "speak_prob": jnp.moveaxis(speak, 0, 1),
         "mel": jnp.moveaxis(mel, 0, 1),
         "audio": jnp.moveaxis(levels, 0, 1),
     }

@@ -51,13 +51,16 @@ class ChunkOutput:
     """What the model produced for one session in one tick.
 
     chunk: the session's chunk index; text: int32 [text_out_slots]; mel: float32
-    [frames_per_chunk, n_mels] log10-mel; audio: uint8 [audio_slots, stack, n_mels] dMel levels.
+    [frames_per_chunk, n_mels] log10-mel; audio: uint8 [audio_slots, stack, n_mels] dMel levels;
+    speak_prob: float32 [text_out_slots], the calibrated probability of saying anything in each text
+    slot, which the speak-or-stay-silent decision compared with `serve.speak_threshold`.
     """
 
     chunk: int
     text: np.ndarray
     mel: np.ndarray
     audio: np.ndarray
+    speak_prob: np.ndarray
 
 
 def input_block(s: StreamConfig, rows: Sequence[ChunkInput | None]) -> dict[str, np.ndarray]:
@@ -97,7 +100,7 @@ def _tick(
     }
     keys = jax.vmap(lambda s, k: jax.random.fold_in(jax.random.key(s), k))(seeds, cache["chunk"])
     outputs, cache = step_lib.microturn(params, cache, block, keys, sampling, cfg=cfg)
-    return {"text": outputs["text"], "mel": outputs["mel"], "audio": outputs["audio"]}, cache
+    return {k: outputs[k] for k in ("text", "mel", "audio", "speak_prob")}, cache
 
 
 def _home(params: dict) -> jax.Device:
@@ -206,7 +209,7 @@ class Engine:
         seeds, reset = self._seeds.copy(), self._reset.copy()
         out, self.cache = self._fn(self.params, self.cache, block, seeds, reset, self.sampling)
         self._reset[:] = False
-        text, mel, audio = jax.device_get((out["text"], out["mel"], out["audio"]))
+        text, mel, audio, speak = jax.device_get((out["text"], out["mel"], out["audio"], out["speak_prob"]))
         s = self.cfg.stream
         results = {}
         for slot in inputs:
@@ -216,6 +219,7 @@ class Engine:
                 text=np.asarray(text[slot], np.int32),
                 mel=np.asarray(mel[slot], np.float32).reshape(s.audio_slots * s.stack, s.n_mels),
                 audio=np.asarray(audio[slot], np.uint8),
+                speak_prob=np.asarray(speak[slot], np.float32),
             )
             self._length[slot] += stream.chunk_length(s, k)
             self._chunk[slot] = k + 1
