@@ -29,8 +29,10 @@ def envelope(audio: np.ndarray, samples_per_bin: int) -> np.ndarray:
     return padded.reshape(n_bins, samples_per_bin).max(axis=1)
 
 
-def plot_timeline(
-    path: str | Path,
+Curve = tuple[str, np.ndarray, np.ndarray]  # (label, times in s, values in [0, 1]): one line of the curves row
+
+
+def timeline_figure(
     *,
     chunk_s: float,
     sample_rate: int,
@@ -40,22 +42,24 @@ def plot_timeline(
     text_out: np.ndarray | None = None,
     markers: Sequence[tuple[float, str]] = (),
     title: str = "",
-) -> Path:
-    """Write a PNG timeline to `path` and return it.
+    curves: Sequence[Curve] = (),
+    curves_label: str = "p(speak)",
+    threshold: float | None = None,
+):
+    """The timeline as a matplotlib `Figure` (not attached to pyplot: a notebook shows it, a script saves it).
 
     user_audio / model_audio: float samples on one time line; text_in / text_out: int [num_chunks, slots]
-    token ids per chunk; markers: (time_s, label) drawn as vertical lines (cues, barge-ins, targets).
+    token ids per chunk; markers: (time_s, label) drawn as vertical lines (cues, barge-ins, targets);
+    curves: lines drawn as steps in a row of their own under the model's text (e.g. the speak probability
+    slot by slot), with `threshold` as a dashed line.
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; never open a window
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     duration = max(user_audio.size, model_audio.size) / sample_rate
     bin_samples = max(1, sample_rate // 100)  # 10 ms bins
-    fig, axes = plt.subplots(4, 1, figsize=(max(8.0, duration * 1.2), 6.0), sharex=True)
+    n_rows = 5 if curves else 4
+    fig = Figure(figsize=(max(8.0, duration * 1.2), 6.0 + 1.5 * (n_rows - 4)))
+    axes = fig.subplots(n_rows, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1, 1, 1] + [2] * (n_rows - 4)})
     rows = [
         (axes[0], "user audio", user_audio, "tab:blue"),
         (axes[2], "model audio", model_audio, "tab:orange"),
@@ -76,6 +80,15 @@ def plot_timeline(
         for k, text in enumerate(chunk_text(ids)):
             if text:
                 ax.text((k + 0.5) * chunk_s, 0.5, text, ha="center", va="center", fontsize=7, rotation=90)
+    if curves:
+        ax = axes[4]
+        for label, times, values in curves:
+            ax.step(times, values, where="post", label=label)
+        if threshold is not None:
+            ax.axhline(threshold, color="0.4", linestyle="--", linewidth=0.8, label=f"threshold {threshold:g}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(curves_label, rotation=0, ha="right", va="center")
+        ax.legend(fontsize=7, loc="upper left")
     n_chunks = int(np.ceil(duration / chunk_s))
     for ax in axes:
         for k in range(n_chunks + 1):
@@ -89,6 +102,12 @@ def plot_timeline(
     if title:
         axes[0].set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def plot_timeline(path: str | Path, **timeline) -> Path:
+    """Write `timeline_figure(**timeline)` to `path` as a PNG and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    timeline_figure(**timeline).savefig(path, dpi=100)
     return path
