@@ -79,3 +79,14 @@ def test_each_notebook_has_its_ipynb_in_step():
             f"{paired.name} differs from {path.name}: jupytext --sync {path}"
         )
         assert not any(c.get("outputs") for c in notebook.cells), f"{paired.name} holds outputs: save it cleared"
+
+
+def test_a_notebook_that_raises_fails(tmp_path):
+    """The control: the runner above fails on a cell that raises, naming the error."""
+    nbclient, nbformat = _require("nbclient"), _require("nbformat")
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise RuntimeError('a broken cell')")]
+    )
+    client = nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3")
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="a broken cell"):
+        client.execute()
