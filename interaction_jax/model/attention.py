@@ -3,6 +3,9 @@
 Every call writes its new keys/values into the cache first and then attends over the whole cache
 with a causal mask on cache slots. Training (one window, empty cache) and serving (one chunk or
 one token at a time) therefore run the same maths on the same layout.
+
+Applied with the `intermediates` collection mutable (`step`'s probe), it also sows its attention
+weights float32 [B, H, T, S] (`kernels.attention_weights`) under the name `attention`.
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ class Attention(nn.Module):
         new_cache = {"k": kv_cache.write(layer_cache["k"], k, slots), "v": kv_cache.write(layer_cache["v"], v, slots)}
         new_cache = {n: nn.with_logical_constraint(a, kv_cache.CACHE_AXES) for n, a in new_cache.items()}
         out = kernels.attend(q, new_cache["k"], new_cache["v"], slots, kc, self.window)
+        if self.is_mutable_collection("intermediates"):  # `step(..., probe=True)`; otherwise not even traced
+            # The blocked window path and the kernels never form the weights: the plain unblocked maths over
+            # the written keys gives the ones they use.
+            self.sow("intermediates", "attention", kernels.attention_weights(q, new_cache["k"], slots))
         out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
         y = kernels.matmul(out.reshape(*out.shape[:2], -1), wo.reshape(-1, wo.shape[-1]), kc)
         return checkpoint_name(y, "out_proj"), new_cache

@@ -73,12 +73,13 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float, kc: KernelsConfig) -> j
     return pallas_kernels.rms_norm(x, scale, eps=eps, implementation=impl)
 
 
-def xla_attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array) -> jax.Array:
-    """Causal GQA attention of q [B, T, H, D] over cache k, v [B, S, Hkv, D].
+def grouped_attention_weights(q: jax.Array, k: jax.Array, query_slots: jax.Array) -> jax.Array:
+    """The causal attention weights float32 [B, Hkv, H/Hkv, T, S] of q [B, T, H, D] over cache keys
+    k [B, S, Hkv, D] (query head h is kv head h // (H/Hkv), group member h % (H/Hkv)).
 
     Query t sees cache slots ≤ query_slots[b, t]. Masked scores are removed with `where` (not an
-    additive bias) so masked slots contribute exactly zero. Softmax runs in float32. A query at a slot
-    ≥ S is an empty token (nothing written); its output is unspecified.
+    additive bias) so a masked weight is exactly zero. Softmax runs in float32. A query at a slot ≥ S
+    is an empty token (nothing written): it sees every slot, and its weights mean nothing.
     """
     b, t, h, d = q.shape
     hkv = k.shape[2]
@@ -90,7 +91,24 @@ def xla_attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array)
     peak = jnp.max(scores, axis=-1, keepdims=True)
     # exp(-inf) is exactly 0, so the masked weights need no second `where` (bit-identical, one pass less).
     weights = jnp.exp(scores - jnp.maximum(peak, -1e30))
-    weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
+    return weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
+
+
+def attention_weights(q: jax.Array, k: jax.Array, query_slots: jax.Array) -> jax.Array:
+    """`grouped_attention_weights` per query head: float32 [B, H, T, S], the weights `xla_attend` uses
+    (`Attention`'s probe reads them whichever path computed the output)."""
+    weights = grouped_attention_weights(q, k, query_slots)
+    b, hkv, g, t, s = weights.shape
+    return weights.reshape(b, hkv * g, t, s)
+
+
+def xla_attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array) -> jax.Array:
+    """Causal GQA attention of q [B, T, H, D] over cache k, v [B, S, Hkv, D], with the weights of
+    `grouped_attention_weights` (query t sees cache slots ≤ query_slots[b, t]). A query at a slot
+    ≥ S is an empty token (nothing written); its output is unspecified.
+    """
+    b, t, h, d = q.shape
+    weights = grouped_attention_weights(q, k, query_slots)
     # A masked weight is exactly 0, but 0 · NaN is NaN: zero the values past the last slot any query
     # of the row can see (unwritten or stale), so nothing left there can reach the output. Slots up to
     # that point were all written by this or an earlier call.

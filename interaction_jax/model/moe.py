@@ -491,6 +491,8 @@ class MoE(nn.Module):
     `__call__(x [B, T, D], token_mask [B, T] bool) -> (y [B, T, D] in cfg.dtype, aux)` with
     aux = {'load_balance': f32 scalar, 'router_z': f32 scalar}; masked tokens are computed but do not
     count in the aux losses.
+    Applied with the `intermediates` collection mutable (`step`'s probe), it also sows the router's
+    softmax `router_probs` float32 [B, T, E] and the chosen `experts` int32 [B, T, top_k], best first.
     """
 
     cfg: ModelConfig
@@ -513,10 +515,14 @@ class MoE(nn.Module):
         flat_logits = logits.reshape(b * t, n_experts)
         flat_mask = token_mask.reshape(b * t)
         weights, expert_ids = route(flat_logits, cfg.top_k, cfg.normalize_topk)
+        router_probs = jax.nn.softmax(flat_logits, axis=-1)
         aux = {
-            "load_balance": load_balance_loss(jax.nn.softmax(flat_logits, axis=-1), expert_ids, flat_mask),
+            "load_balance": load_balance_loss(router_probs, expert_ids, flat_mask),
             "router_z": router_z_loss(flat_logits, flat_mask),
         }
+        if self.is_mutable_collection("intermediates"):  # `step(..., probe=True)`; otherwise not even traced
+            self.sow("intermediates", "router_probs", router_probs.reshape(b, t, n_experts))
+            self.sow("intermediates", "experts", expert_ids.reshape(b, t, cfg.top_k))
 
         w_gate = param(self, "w_gate", (n_experts, d, f), ("exp", "embed", "exp_mlp"))
         w_up = param(self, "w_up", (n_experts, d, f), ("exp", "embed", "exp_mlp"))

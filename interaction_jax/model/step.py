@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from interaction_jax import stream, tokenizer
-from interaction_jax.config import PATCH_SIZE, Config
+from interaction_jax.config import PATCH_SIZE, Config, ModelConfig
 from interaction_jax.model.cache import Cache, capacity, init_cache
 from interaction_jax.model.heads import euler_sample, flow_matching_loss, sample_text_or_silence, speak_probability
-from interaction_jax.model.transformer import InteractionModel
+from interaction_jax.model.transformer import InteractionModel, is_dense_layer, layer_intermediates
 
 Kind = stream.Kind
 
@@ -70,7 +70,7 @@ def token_slots(kind: jax.Array, length: jax.Array, cap: int) -> jax.Array:
 
 
 def step(
-    params: dict, cache: Cache, batch: dict, *, cfg: Config, window: bool = False
+    params: dict, cache: Cache, batch: dict, *, cfg: Config, window: bool = False, probe: bool = False
 ) -> tuple[jax.Array, Cache, dict]:
     """Run the transformer over `batch` (T tokens per row) after everything already in `cache`.
 
@@ -79,11 +79,52 @@ def step(
     Tokens past the cache's capacity are not written (callers check `length` against capacity).
     `window`: the caller promises `cache` is empty (a whole window), which lets attention skip the
     keys no query can see yet (`InteractionModel.window`); the same maths either way.
+
+    `probe`: also look inside the pass. `aux["probe"]` (`probe_arrays`) then holds every layer's
+    attention weights of the batch's queries over the cache slots, and every MoE layer's router
+    probabilities and chosen experts: the blocks sow them into the `intermediates` collection, which
+    is mutable only here. The hidden states, cache and losses are the same bits either way; with
+    `probe` off nothing is sown and no weights are computed, so the traced program is the one without
+    the option (training, `microturn` and serving never turn it on).
     """
     slots = token_slots(batch["kind"], cache["length"], capacity(cache))
-    hidden, layers, aux = build_model(cfg, window).apply({"params": params}, batch, cache, slots)
+    model = build_model(cfg, window)
+    if probe:
+        (hidden, layers, aux), sown = model.apply({"params": params}, batch, cache, slots, mutable=["intermediates"])
+        aux = aux | {"probe": probe_arrays(sown["intermediates"], cfg.model)}
+    else:
+        hidden, layers, aux = model.apply({"params": params}, batch, cache, slots)
     written = jnp.sum(batch["kind"] != Kind.PAD, axis=1, dtype=jnp.int32)
     return hidden, {"layers": layers, "length": cache["length"] + written, "chunk": cache["chunk"]}, aux
+
+
+def probe_arrays(intermediates: dict, cfg: ModelConfig) -> dict[str, jax.Array]:
+    """What `step(..., probe=True)` reports from the blocks' sown `intermediates`, in layer order:
+
+    - `attention` float32 [L, B, H, T, S]: each layer's attention weights of the T queries over the S
+      cache slots (query heads; the softmax over the slots a query sees, exactly 0 on the others; an
+      empty token's row is over every slot and means nothing);
+    - `router_probs` float32 [L_moe, B, T, E]: the router's softmax of each MoE layer;
+    - `experts` int32 [L_moe, B, T, top_k]: the experts each token is sent to, best first;
+    - `moe_layers` int32 [L_moe]: the layer index of each row of the router arrays (dense layers,
+      `model.dense_every`, have no router).
+    """
+    layers = [layer_intermediates(intermediates, cfg, i) for i in range(cfg.n_layers)]
+    moe_layers = [i for i in range(cfg.n_layers) if not is_dense_layer(cfg, i)]
+
+    def stacked(module: str, name: str, rows: list[int]) -> jax.Array:
+        return jnp.stack([layers[i][module][name][0] for i in rows])  # `sow` keeps a 1-tuple per call
+
+    attention = stacked("attn", "attention", list(range(cfg.n_layers)))
+    if not moe_layers:  # every layer dense: empty router arrays of the right rank
+        b, _, t, _ = attention.shape[1:]
+        routed = {
+            "router_probs": jnp.zeros((0, b, t, cfg.n_experts), jnp.float32),
+            "experts": jnp.zeros((0, b, t, cfg.top_k), jnp.int32),
+        }
+    else:
+        routed = {name: stacked("moe", name, moe_layers) for name in ("router_probs", "experts")}
+    return {"attention": attention, **routed, "moe_layers": jnp.asarray(moe_layers, jnp.int32)}
 
 
 def text_logits(params: dict, hidden: jax.Array, *, cfg: Config) -> jax.Array:

@@ -144,7 +144,8 @@ class InteractionModel(nn.Module):
         if scanned:
             self.layers = nn.scan(
                 BlockGroup,
-                variable_axes={"params": 0},
+                # The probe's sown values (`step(..., probe=True)`) stack by group like the parameters.
+                variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=scanned_groups(c),
@@ -222,6 +223,16 @@ def unstack_layers(params: dict, cfg: ModelConfig) -> dict:
         for i in range(g):
             out[f"block{i * n + j}"] = jax.tree.map(lambda a, i=i: a[i], params[STACKED][f"block{j}"])
     return out
+
+
+def layer_intermediates(tree: dict, cfg: ModelConfig, layer: int) -> dict:
+    """Layer `layer`'s subtree of a collection laid out like the parameters (the `intermediates` an
+    apply with it mutable returns): `block{layer}`, or its group's row of `layers/block{j}` when the
+    layer is under the scan."""
+    n, g = group_size(cfg), scanned_groups(cfg)
+    if cfg.scan_layers and layer < n * g:
+        return jax.tree.map(lambda a: a[layer // n], tree[STACKED][f"block{layer % n}"])
+    return tree[f"block{layer}"]
 
 
 def _is_scanned_block(name: str, n_scanned: int) -> bool:
