@@ -7,9 +7,10 @@
 3. write the model's wavs, PNG timelines, the training and behaviour curves, and a per-scenario summary
    with each gate met or not.
 
-Training is bounded by steps, so machines of different speed train the same model; the time budget
-is only a safety cap, which stops training early with a checkpoint and a warning. Re-running with
-the same `--out` resumes training where it stopped (or skips it when done) and evaluates again.
+Training is bounded by steps, so machines of one CPU type train the same model whatever their speed
+(another CPU generation rounds differently and trains another: docs/results.md); the time budget is
+only a safety cap, which stops training early with a checkpoint and a warning. Re-running with the
+same `--out` resumes training where it stopped (or skips it when done) and evaluates again.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from interaction_jax import config as config_lib
 from interaction_jax.config import Config
 from interaction_jax.train.metrics import read_jsonl
 
-# The demo's training, fixed so that every machine trains the same model (docs/results.md has the
+# The demo's training, fixed so that every machine of one CPU type trains the same model (docs/results.md has the
 # measurements behind it): DEMO_STEPS steps of DEMO_BATCH windows of DEMO_WINDOW_CHUNKS chunks. A window
 # is a whole episode (data.episode_chunks), the context a served session has (docs/data.md, Windows).
 DEMO_STEPS = 840
