@@ -161,11 +161,35 @@ display(Audio(after.user_audio, rate=s.sample_rate))
 # a second later: the response the data has moves with it. A model that waits for the cue moves too; a
 # model that learnt "some time after the request" does not.
 
+
 # %%
-before, after = first_edited("cue_speak", lambda ep: edits.move_cue(ep, s, seconds=1.0, cue=0))
+def later_cue(ep, kind):
+    cue = ep.annotations["cues"][0]
+    if cue["kind"] != kind:
+        raise ValueError(f"its first cue is {cue['kind']}, not {kind}")
+    return edits.move_cue(ep, s, seconds=1.0, cue=0)
+
+
+try:  # a red square if one of the episodes has one that can move (half the cues are visual), else a beep
+    before, after = first_edited("cue_speak", lambda ep: later_cue(ep, "visual"))
+except ValueError:
+    before, after = first_edited("cue_speak", lambda ep: later_cue(ep, "audio"))
 cue_before, cue_after = before.annotations["cues"][0], after.annotations["cues"][0]
 print(f"a {cue_before['kind']} cue at {cue_before['time']:.2f} s → {cue_after['time']:.2f} s")
 _ = before_after(before, after, "the first cue 1 s later", ("cue_hit", "cue_premature"))
+if cue_before["kind"] == "visual":  # the frames the model sees at the old and the new cue time
+    frame_s = s.video_every * s.chunk_ms / 1000
+    shown = [
+        (before, cue_before["time"], "before, at the cue"),
+        (after, cue_before["time"], "after, at the old time"),
+        (after, cue_after["time"], "after, at the new time"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+    for ax, (episode, time_s, title) in zip(axes, shown, strict=True):
+        ax.imshow(episode.frames[round(time_s / frame_s)])
+        ax.set_title(f"{title} ({time_s:.1f} s)", fontsize=9)
+        ax.set_axis_off()
+    plt.show()
 
 # %% [markdown]
 # ## Another requested time
