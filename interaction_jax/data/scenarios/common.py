@@ -236,6 +236,18 @@ def _span(start: int, end: int, sample_rate: int) -> list[float]:
     return [start / sample_rate, end / sample_rate]
 
 
+def scene_stream(seed: int, number: int) -> np.random.Generator:
+    """The random stream an episode's video scene is drawn from (episode `seed` of scenario `number`)."""
+    return np.random.default_rng([seed, number, 1])
+
+
+def noise_floor(seed: int, number: int, num_samples: int, level: float) -> np.ndarray:
+    """float32 [num_samples]: the noise of the user's microphone under episode `seed` of scenario `number`, at
+    amplitude `level`, from a stream of its own (what an edit of the episode leaves silent gets it back)."""
+    noise = np.random.default_rng([seed, number, 2]).standard_normal(num_samples).astype(np.float32)
+    return noise * np.float32(level)
+
+
 class EpisodeBuilder:
     """Accumulates one episode: user and model audio, text events, the video scene and annotations.
 
@@ -249,8 +261,8 @@ class EpisodeBuilder:
         self.name, self.seed, self.ctx, self.cfg = name, seed, ctx, ctx.stream
         # Separate streams for timing, scene and noise: turning video off leaves the audio unchanged.
         self.rng = np.random.default_rng([seed, number])
-        self.scene_rng = np.random.default_rng([seed, number, 1])
-        self._noise_rng = np.random.default_rng([seed, number, 2])
+        self.scene_rng = scene_stream(seed, number)
+        self.number = number
         self.sample_rate = self.cfg.sample_rate
         self.chunk = chunk_samples(self.cfg)
         self.total = ctx.num_chunks * self.chunk
@@ -450,7 +462,7 @@ class EpisodeBuilder:
     # --- the episode --------------------------------------------------------------------------
 
     def build(self) -> Episode:
-        noise = self._noise_rng.standard_normal(self.total).astype(np.float32) * np.float32(self.noise_level)
+        noise = noise_floor(self.seed, self.number, self.total, self.noise_level)
         user_audio = np.clip(self._user + noise, -1.0, 1.0).astype(np.float32)
         frames = None
         if self.ctx.sees:

@@ -14,7 +14,7 @@ from interaction_jax.config import StreamConfig
 from interaction_jax.data import corpus, scenarios
 from interaction_jax.data.episode import SPLITS, ClipSource, Episode, frame_times
 from interaction_jax.data.scenarios import cue_speak
-from interaction_jax.data.scenarios.common import Layout, beep, nearest_chunk, text_arrival_chunk
+from interaction_jax.data.scenarios.common import Layout, beep, nearest_chunk, scene_stream, text_arrival_chunk
 from interaction_jax.data.scenarios.scoring import last_chunk
 from interaction_jax.probing.edits.timeline import Draft, whole_chunks
 from interaction_jax.stream import chunk_seconds
@@ -34,7 +34,7 @@ def _cue_scene(d: Draft) -> video_scene.Scene:
     """The scene cue_speak rendered the episode's frames from: its scene stream regenerated from the seed,
     one red square per visual cue in order (`cue_speak._show_red_square`). Refused if it renders otherwise."""
     cfg, h, w = d.cfg, d.cfg.frame_height, d.cfg.frame_width
-    rng = np.random.default_rng([d.ep.seed, scenarios.get(d.ep.scenario).number, 1])
+    rng = scene_stream(d.ep.seed, scenarios.get(d.ep.scenario).number)
     scene = video_scene.random_scene(rng, h, w)
     for cue in d.ann["cues"]:
         if cue["kind"] == "visual":

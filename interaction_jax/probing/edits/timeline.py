@@ -29,7 +29,7 @@ from interaction_jax import tokenizer
 from interaction_jax.config import StreamConfig
 from interaction_jax.data import scenarios
 from interaction_jax.data.episode import Episode, TextEvent, check_episode
-from interaction_jax.data.scenarios.common import BEEP_S, Layout, faded
+from interaction_jax.data.scenarios.common import BEEP_S, Layout, faded, noise_floor
 from interaction_jax.data.scenarios.scoring import last_chunk
 from interaction_jax.stream import chunk_samples
 
@@ -108,8 +108,7 @@ class Draft:
     def floor(self) -> np.ndarray:
         """The user's noise floor over the whole episode: `EpisodeBuilder`'s noise stream, regenerated."""
         number = scenarios.get(self.ep.scenario).number
-        noise = np.random.default_rng([self.ep.seed, number, 2]).standard_normal(self.total).astype(np.float32)
-        return noise * np.float32(self.ann["noise_level"])
+        return noise_floor(self.ep.seed, number, self.total, self.ann["noise_level"])
 
     def reply_onset(self, old_onset: int, old_end: int, new_end: int, what: str = "reply") -> int:
         """The reply rule (`common.reply_chunk`) for user speech now ending at sample `new_end`, with the delay
