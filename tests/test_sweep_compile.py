@@ -1,7 +1,8 @@
 """`sweep --dry-run --compile` compiles each run's train step for the mesh's TPU topology, deviceless (libtpu).
 
-One run of `tiny` on the v5e-8 mesh (fsdp 2 × expert 4): its train step with unrolled layers (≈ 20 s on
-two cores; tests/test_plan_compile.py compiles `small`'s, scanned). Its `serve.max_sessions` of 4 does
+One run of a one-layer `tiny` on the v5e-8 mesh (fsdp 2 × expert 4): its train step (what is checked is
+the dry run's report, not the model, so one layer compiles for it as four would, in a quarter of the
+time; tests/test_plan_compile.py compiles `small`'s whole train step, scanned). Its `serve.max_sessions` of 4 does
 not divide the 8 chips: a sweep trains, so that is not its concern, and the compile of the train step
 alone is not refused over it.
 """
@@ -28,7 +29,7 @@ def test_a_dry_run_prints_each_runs_compiled_memory_and_step_time(tmp_path):
             MESH = "mesh_configs/tpu-v5e-8.yaml"
 
             def runs():
-                yield {"train.steps": 10}
+                yield {"train.steps": 10, "model.n_layers": 1}
             """
         )
     )
@@ -36,7 +37,7 @@ def test_a_dry_run_prints_each_runs_compiled_memory_and_step_time(tmp_path):
     (result,) = sweep.run_sweep_command(str(path), dry_run=True, compile_step=True, out=out)
     assert result.status == "planned" and result.error is None
     lines = out.getvalue().splitlines()
-    start = lines.index("# run 1/1: steps=10")
+    start = lines.index("# run 1/1: steps=10,n_layers=1")
     compiled, command = lines[start + 1 : -1], lines[-1]
     assert compiled[0].startswith("# deviceless TPU compile: mesh tpu-v5e-8, topology v5e:2x4, 8 TPU v5e chips")
     labels = [line[2:].split("  ")[0] for line in compiled[2:-1]]  # the rows, between heading and note
