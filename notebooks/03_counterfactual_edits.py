@@ -58,12 +58,24 @@ def first_edited(scenario, edit):
     raise ValueError(f"no {scenario} episode among the first {EPISODES} takes this edit")
 
 
+unedited_runs = {}  # (scenario, seed) → the free-running run of a held-out episode as it is
+
+
+def run(episode, edited):
+    if edited:
+        return decision.free_running(cfg, params, episode, rng_seed=SEED, engine=engine)
+    key = (episode.scenario, episode.seed)
+    if key not in unedited_runs:
+        unedited_runs[key] = decision.free_running(cfg, params, episode, rng_seed=SEED, engine=engine)
+    return unedited_runs[key]
+
+
 def before_after(before, after, title, metric_keys=()):
     """Both episodes free-running at SEED: user audio, model audio and p(speak), before | after."""
     fig, axes = plt.subplots(3, 2, figsize=(14, 5.5), sharex=True, gridspec_kw={"height_ratios": [1, 1, 2]})
     runs = []
     for col, (name, episode) in enumerate((("before", before), ("after", after))):
-        curve, ro = decision.free_running(cfg, params, episode, rng_seed=SEED, engine=engine)
+        curve, ro = run(episode, edited=col == 1)
         runs.append((curve, ro))
         bins = s.sample_rate // 100
         for row, audio, colour in ((0, episode.user_audio, "tab:blue"), (1, ro.model_audio(), "tab:orange")):
