@@ -387,7 +387,9 @@ def test_deviceless_programs_stay_out_of_the_persistent_cache(tmp_path):
         "from interaction_jax import aot, config as config_lib\n"
         "mesh = config_lib.load_mesh('mesh_configs/tpu-v5e-8.yaml')\n"
         "cfg = dataclasses.replace(config_lib.preset('tiny'), mesh=mesh)\n"
-        "aot.compile_plan(config_lib.override(cfg, ['serve.max_sessions=8']), programs=('serve',))\n"
+        # a small serving tick: what is checked is where the compiled program goes, not the program
+        "small = ['serve.max_sessions=8', 'serve.max_len=256', 'model.n_layers=1']\n"
+        "aot.compile_plan(config_lib.override(cfg, small), programs=('serve',))\n"
         "jax.numpy.arange(3).sum().block_until_ready()\n"
     )
     env = os.environ | {"JAX_COMPILATION_CACHE_DIR": str(tmp_path), "JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1"}
