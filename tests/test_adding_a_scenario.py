@@ -53,6 +53,7 @@ def greeting(number: int) -> Scenario:
         columns=(Column("greeted", "greets back ±1 chunk", "pct"),),
         event_markers=lambda a, s: [(a["typed_at"], "hello typed")],
         due_markers=lambda a, s: [(a["greeting_onset_chunk"] * chunk_seconds(s), "greeting due")],
+        annotation_keys={"greeting_onset_chunk": "chunk", "typed_at": "time"},
     )
 
 
@@ -92,3 +93,6 @@ def test_a_registered_scenario_flows_through_pipeline_metrics_and_report(toy):
         (ep.annotations["typed_at"], "hello typed"),
         (onset_s, "greeting due"),
     ]
+    # what its numbers are, for the edits that move an episode's time line (probing.edits)
+    kinds = scenarios.annotation_kinds()
+    assert kinds["greeting_onset_chunk"] == "chunk" and kinds["typed_at"] == "time"

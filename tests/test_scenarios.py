@@ -220,6 +220,34 @@ def test_a_mix_the_registry_cannot_make_is_refused(overrides, key, match):
     scenarios.check_mix(config_lib.override(config_lib.preset("tiny"), no_video))
 
 
+def _numeric_keys(value, key: str = "") -> set[str]:
+    """Every key of an annotation tree that holds a number (bools are not numbers), at any depth."""
+    if isinstance(value, dict):
+        return set().union(*(_numeric_keys(v, k) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return set().union(*(_numeric_keys(v, key) for v in value))
+    return {key} if isinstance(value, int | float) and not isinstance(value, bool) else set()
+
+
+@pytest.mark.parametrize("name", SCENARIO_NAMES)
+def test_every_number_in_the_annotations_is_declared(name):
+    """What each number is (time, chunk or neither) is declared by the scenario that writes it, or common to
+    all (the edits move an episode's time line by these declarations)."""
+    declared = scenarios.COMMON_ANNOTATION_KEYS | scenarios.get(name).annotation_keys
+    keys = set().union(*(_numeric_keys(generate(name, seed)[0].annotations) for seed in SEEDS[:4]))
+    assert keys <= set(declared), keys - set(declared)
+    assert set(scenarios.get(name).annotation_keys) <= keys  # and nothing is declared that is never written
+    assert scenarios.annotation_kinds()["onset_chunk"] == "chunk" and scenarios.annotation_kinds()["cut"] == "time"
+
+
+def test_an_annotation_key_means_one_thing_in_every_scenario(monkeypatch):
+    monkeypatch.setattr(scenarios, "REGISTRY", dict(scenarios.REGISTRY))
+    clash = dataclasses.replace(scenarios.get("turn_taking"), name="clash", number=len(scenarios.names()))
+    scenarios.register(dataclasses.replace(clash, annotation_keys={"onset_chunk": "time"}))
+    with pytest.raises(ValueError, match="annotation 'onset_chunk' of scenario 'clash' is a time, elsewhere a chunk"):
+        scenarios.annotation_kinds()
+
+
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
 def test_shared_rules(name):
     bank = set(corpus.bank_entries("train"))

@@ -36,9 +36,15 @@ import pkgutil
 from interaction_jax.config import Config, ConfigError
 from interaction_jax.data.episode import Episode, ScenarioContext, check_episode
 from interaction_jax.data.scenarios.common import EpisodeTooShort
-from interaction_jax.data.scenarios.scenario import Column, Scenario
+from interaction_jax.data.scenarios.scenario import AnnotationKind, Column, Scenario
 
 REGISTRY: dict[str, Scenario] = {}  # name → record, in number order
+# What each number in the annotations every scenario writes is (a scenario declares its own keys'
+# in `Scenario.annotation_keys`); a number anywhere below a key (a list of spans) is of that key's kind.
+COMMON_ANNOTATION_KEYS: dict[str, AnnotationKind] = {
+    **dict.fromkeys(("start", "end", "user_speech", "model_speech", "pauses"), "time"),
+    "noise_level": "plain",
+}
 
 
 def register(scenario: Scenario) -> Scenario:
@@ -76,6 +82,19 @@ def get(name: str) -> Scenario:
     if name not in REGISTRY:
         raise ValueError(f"unknown scenario {name!r}; use one of {list(REGISTRY)}")
     return REGISTRY[name]
+
+
+def annotation_kinds() -> dict[str, AnnotationKind]:
+    """What each numeric annotation key of every registered scenario holds (`Scenario.annotation_keys` and
+    `COMMON_ANNOTATION_KEYS`). A key means one thing in every scenario: a clash raises ValueError."""
+    kinds = dict(COMMON_ANNOTATION_KEYS)
+    for record in REGISTRY.values():
+        for key, kind in record.annotation_keys.items():
+            if kinds.setdefault(key, kind) != kind:
+                raise ValueError(
+                    f"annotation {key!r} of scenario {record.name!r} is a {kind}, elsewhere a {kinds[key]}"
+                )
+    return kinds
 
 
 def make_episode(name: str, seed: int, ctx: ScenarioContext) -> Episode:

@@ -91,4 +91,5 @@ SCENARIO = Scenario(
     metrics=metrics,
     columns=(Column("backchannel_hit", "backchannel within ±1 chunk", "pct"),),
     due_markers=due_markers,
+    annotation_keys={"onset_chunk": "chunk", "pause": "time"},
 )

@@ -182,4 +182,5 @@ SCENARIO = Scenario(
         Column("cue_premature", "speaks before the cue", "pct"),
     ),
     event_markers=event_markers,
+    annotation_keys={"ack_end": "time", "onset_chunk": "chunk", "perceived_chunk": "chunk", "time": "time"},
 )

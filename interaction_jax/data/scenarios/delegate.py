@@ -231,4 +231,5 @@ SCENARIO = Scenario(
         Column("answer_delay_chunks", "answer after result", "chunks"),
     ),
     due_markers=due_markers,
+    annotation_keys={"onset_chunk": "chunk", "request_chunk": "chunk", "result_chunk": "chunk"},
 )

@@ -148,4 +148,5 @@ SCENARIO = Scenario(
     ),
     event_markers=event_markers,
     due_markers=due_markers,
+    annotation_keys={"barge_in": "time", "cut": "time", "cut_chunk": "chunk"},
 )

@@ -160,4 +160,5 @@ SCENARIO = Scenario(
     ),
     needs_video=True,
     event_markers=event_markers,
+    annotation_keys={"ack_end": "time", "completions": "time", "count": "plain", "onset_chunks": "chunk"},
 )

@@ -8,8 +8,8 @@ evaluation, the report and the previews read them from there.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from interaction_jax.data.episode import Episode, ScenarioContext
 from interaction_jax.data.scenarios.scoring import Metrics
 
 Marker = tuple[float, str]  # a timeline marker: (stream seconds, label)
+AnnotationKind = Literal["time", "chunk", "plain"]  # what a number in an episode's annotations is
 
 
 class Column(NamedTuple):
@@ -47,6 +48,9 @@ class Scenario:
     columns: what the report's row shows of them (every row also shows the common metrics).
     event_markers(annotations, s): timeline markers at what happens (cues, targets, barge-ins).
     due_markers(annotations, s): markers where the data has the model act (evaluation timelines add them).
+    annotation_keys: what each number of its own annotation keys is (those every scenario writes are
+        `scenarios.COMMON_ANNOTATION_KEYS`): "time" (stream seconds), "chunk" (a chunk index) or "plain"
+        (neither): what moves, and how, when an edit moves the episode's time line (`probing.edits`).
     """
 
     name: str
@@ -58,3 +62,4 @@ class Scenario:
     needs_video: bool = False
     event_markers: Callable[[dict, StreamConfig], list[Marker]] = no_markers
     due_markers: Callable[[dict, StreamConfig], list[Marker]] = no_markers
+    annotation_keys: Mapping[str, AnnotationKind] = dataclasses.field(default_factory=dict)

@@ -136,4 +136,11 @@ SCENARIO = Scenario(
         Column("timer_missed", "missed", "pct"),
     ),
     event_markers=event_markers,
+    annotation_keys={
+        "ack_end": "time",
+        "n": "plain",
+        "onset_chunk": "chunk",
+        "request_end": "time",
+        "target_time": "time",
+    },
 )

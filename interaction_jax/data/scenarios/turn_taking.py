@@ -118,4 +118,5 @@ SCENARIO = Scenario(
         Column("pause_false_start", "speaks in mid-turn pauses", "pct"),
     ),
     due_markers=due_markers,
+    annotation_keys={"onset_chunk": "chunk", "user_end": "time"},
 )

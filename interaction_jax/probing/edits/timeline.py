@@ -5,8 +5,9 @@ annotations and text events; S = samples per chunk. Model speech starts on chunk
 utterances move by whole chunks (`Draft.move_model`), and a shift of the whole time line (`Draft.shift`) is
 a whole number of chunks too: chunk-index annotations then move by exactly that many chunks.
 
-Annotations are walked with `map_times`, which knows for every numeric key of every scenario whether it is
-a time (seconds), a chunk index or neither, and refuses a key it does not know rather than guess.
+Annotations are walked with `map_times`, which reads from the scenarios' own declarations
+(`Scenario.annotation_keys`) whether each numeric key is a time (seconds), a chunk index or neither, and
+refuses a key no scenario declares rather than guess.
 
 The user's microphone carries a noise floor under everything; what an edit leaves silent gets the
 episode's own floor (`Draft.floor`: the builder's noise stream regenerated from the seed), so a silenced
@@ -33,32 +34,27 @@ from interaction_jax.data.scenarios.common import BEEP_S, Layout, faded, noise_f
 from interaction_jax.data.scenarios.scoring import last_chunk
 from interaction_jax.stream import chunk_samples
 
-# Every numeric annotation key of every scenario (`data/scenarios/*.py`), by what it holds. A number
-# anywhere below a key (a list of spans, a list of times) is of that key's kind; bools are never numbers.
-TIME_KEYS = frozenset(
-    {"start", "end", "time", "user_end", "ack_end", "request_end", "target_time", "barge_in", "cut"}
-    | {"user_speech", "model_speech", "pauses", "pause", "completions"}
-)
-CHUNK_KEYS = frozenset({"onset_chunk", "perceived_chunk", "cut_chunk", "request_chunk", "result_chunk", "onset_chunks"})
-PLAIN_KEYS = frozenset({"noise_level", "n", "count"})  # numbers that are not on the time line
-
 
 def map_times(value: Any, on_time: Callable[[float], float], on_chunk: Callable[[int], int], key: str = "") -> Any:
     """A copy of the annotation tree `value` with `on_time` applied to every time and `on_chunk` to every
-    chunk index; raises ValueError for a numeric key that is neither (nor a known plain number)."""
+    chunk index, as the scenarios declare their keys (`data.scenarios.annotation_kinds`); raises
+    ValueError for a numeric key no scenario declares."""
+    return _mapped(value, on_time, on_chunk, key, scenarios.annotation_kinds())
+
+
+def _mapped(value: Any, on_time, on_chunk, key: str, kinds: dict[str, str]) -> Any:
     if isinstance(value, dict):
-        return {k: map_times(v, on_time, on_chunk, k) for k, v in value.items()}
+        return {k: _mapped(v, on_time, on_chunk, k, kinds) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [map_times(v, on_time, on_chunk, key) for v in value]
+        return [_mapped(v, on_time, on_chunk, key, kinds) for v in value]
     if isinstance(value, bool) or not isinstance(value, int | float):
         return value
-    if key in TIME_KEYS:
-        return on_time(value)
-    if key in CHUNK_KEYS:
-        return on_chunk(value)
-    if key in PLAIN_KEYS:
-        return value
-    raise ValueError(f"annotation {key!r} holds a number the edits do not know how to move; add it to edits.timeline")
+    kind = kinds.get(key)
+    if kind is None:
+        raise ValueError(
+            f"annotation {key!r} holds a number no scenario declares; add it to its scenario's `annotation_keys`"
+        )
+    return on_time(value) if kind == "time" else on_chunk(value) if kind == "chunk" else value
 
 
 def whole_chunks(seconds: float, step_s: float) -> int:
