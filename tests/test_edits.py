@@ -43,6 +43,15 @@ def pick(world, name, accept):
     pytest.fail(f"no held-out {name} episode among the first {EPISODES} fits this test")
 
 
+def spoken_timer_request_with_a_pause(world):
+    """A time_speak episode whose first request is spoken, with a pause in it."""
+    return pick(
+        world,
+        "time_speak",
+        lambda e: not e.annotations["requests"][0]["typed"] and e.annotations["user_utterances"][0]["pauses"],
+    )
+
+
 def reference_metrics(ep, s):
     """The scenario's metrics of the episode's own reference output (as `eval/rollout.py` reads it)."""
     payloads, _ = render.chunk_payloads(ep, s)
@@ -424,11 +433,7 @@ def _same(a, b):
 
 def test_change_requested_time_respeaks_the_request_and_moves_the_response(world):
     s, clips, _ = world
-    ep = pick(
-        world,
-        "time_speak",
-        lambda e: not e.annotations["requests"][0]["typed"] and e.annotations["user_utterances"][0]["pauses"],
-    )
+    ep = spoken_timer_request_with_a_pause(world)
     r, u = ep.annotations["requests"][0], ep.annotations["user_utterances"][0]
     assert _same(edits.change_requested_time(ep, s, r["n"], clips), ep)  # the same N: the same episode
     n = 2 if r["n"] != 2 else 3
@@ -493,11 +498,7 @@ def test_change_requested_time_refuses_what_it_cannot_do(world):
 def test_edits_compose(world):
     """Edits take edited episodes: a longer pause in a spoken timer request, then another time."""
     s, clips, _ = world
-    ep = pick(
-        world,
-        "time_speak",
-        lambda e: not e.annotations["requests"][0]["typed"] and e.annotations["user_utterances"][0]["pauses"],
-    )
+    ep = spoken_timer_request_with_a_pause(world)
     longer = edits.stretch_pause(ep, s, 0.4)
     assert longer.annotations["requests"][0]["request_end"] == pytest.approx(
         ep.annotations["requests"][0]["request_end"] + 0.4
