@@ -1,6 +1,7 @@
 """How much does the user's audio say about whether a silence is a mid-turn pause or the end of the turn?
 
     python benchmarks/turn_end_cue.py [--train-episodes 1500] [--heldout-episodes 150] [--workdir demo/run]
+                                      [--features log_mel|dmel] [--set stream.dmel_levels=32]
                                       [--out results/turn_end_cue.json]
 
 The turn-taking gates (reply on time ≥ 90% with ≤ 10% false starts in mid-turn pauses) ask the model
@@ -12,7 +13,8 @@ fitted on training-split episodes (its L2 strength picked by cross-validation ov
 lines) and scored on held-out episodes, whose voices and lines the training split never has. It
 reports accuracy against the majority class, and the share of turn ends it catches when it may fire
 in at most 10% of pauses: the gates' operating point. It is not a bound on what a deep model can hear,
-but it says how plainly the sound alone marks the end of a turn.
+but it says how plainly the sound alone marks the end of a turn. `--features dmel` gives the read-out
+what the model hears instead: the log-mel rounded to its dMel levels.
 
 With `--workdir`, the same held-out silences are scored by a trained model too, teacher-forced: its
 calibrated probability of starting to speak (1 − p(PAD), with the decoding's PAD correction) at the
@@ -65,14 +67,21 @@ def silences(ep) -> list[tuple[float, int, str]]:
     ]
 
 
-def silence_onsets(cfg: config_lib.Config, split: str, episodes: int, clips) -> list[tuple]:
-    """(log-mel frames of the user channel, frame where a silence starts, 1 if it ends the turn else 0,
+def user_features(wave: np.ndarray, s, kind: str) -> np.ndarray:
+    """[frames, n_mels] of the user channel: the log-mel, or the dMel levels' log-mel values (what the model
+    hears: `stream.dmel_levels` levels on [dmel_min, dmel_max])."""
+    mel = features.log_mel(wave, s)
+    return stream.dequantize_dmel(stream.quantize_dmel(mel, s), s) if kind == "dmel" else mel
+
+
+def silence_onsets(cfg: config_lib.Config, split: str, episodes: int, clips, kind: str = "log_mel") -> list[tuple]:
+    """(`kind` frames of the user channel, frame where a silence starts, 1 if it ends the turn else 0,
     (the user's voice, the user's line))."""
     s = cfg.stream
     hop = features.hop_samples(s)
     out = []
     for ep in turn_taking_episodes(cfg, split, episodes, clips):
-        mel = features.log_mel(ep.user_audio, s)
+        mel = user_features(ep.user_audio, s, kind)
         voice = ep.annotations["user_voice"]
         out.extend((mel, round(t * s.sample_rate) // hop, label, (voice, line)) for t, label, line in silences(ep))
     return out
@@ -186,16 +195,26 @@ def main():
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--train-episodes", type=int, default=1500)
     parser.add_argument("--heldout-episodes", type=int, default=150)
+    parser.add_argument(
+        "--features",
+        choices=("log_mel", "dmel"),
+        default="log_mel",
+        help="what the read-out sees: the log-mel, or its dMel quantisation (the model's input)",
+    )
+    parser.add_argument("--set", action="append", default=[], help="config override, e.g. stream.dmel_levels=32")
     parser.add_argument("--workdir", default=None, help="also score this checkpoint's speak decision, teacher-forced")
     parser.add_argument("--out", default="benchmarks/results/turn_end_cue.json")
     args = parser.parse_args()
-    cfg = config_lib.validate(config_lib.preset(args.preset))
+    cfg = config_lib.validate(config_lib.override(config_lib.preset(args.preset), args.set))
     clips = pipeline.clip_source(cfg, progress=True)
     start = time.perf_counter()
-    train_events = silence_onsets(cfg, "train", args.train_episodes, clips)
-    heldout_events = silence_onsets(cfg, "heldout", args.heldout_episodes, clips)
+    train_events = silence_onsets(cfg, "train", args.train_episodes, clips, args.features)
+    heldout_events = silence_onsets(cfg, "heldout", args.heldout_episodes, clips, args.features)
     rows = [measure(cfg, train_events, heldout_events, ms) for ms in WINDOWS_MS]
-    print(f"\nturn_taking silences: {rows[0]['train_events']} training, {rows[0]['heldout_events']} held out")
+    print(
+        f"\nturn_taking silences: {rows[0]['train_events']} training, {rows[0]['heldout_events']} held out; "
+        f"features: {args.features}" + (f" ({cfg.stream.dmel_levels} levels)" if args.features == "dmel" else "")
+    )
     print("| audio before the silence | held-out accuracy | majority class | turn ends caught at ≤ 10% pauses |")
     print("|---:|---:|---:|---:|")
     for r in rows:
@@ -224,6 +243,8 @@ def main():
     result = {
         "benchmark": "turn_end_cue",
         "preset": args.preset,
+        "features": args.features,
+        "sets": args.set,
         "machine": platform.platform(),
         "jax": jax.__version__,
         "seconds": time.perf_counter() - start,
