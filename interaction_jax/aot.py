@@ -137,7 +137,8 @@ def _spec(shape, dtype, sharding_: NamedSharding) -> jax.ShapeDtypeStruct:
 
 def train_batch(cfg: Config) -> dict[str, np.ndarray]:
     """One global training batch's shapes as the data pipeline makes them ([batch_size, …] per key, plus
-    the bookkeeping `task`), laid out by `stream.assemble_window` from blank chunks (one row, broadcast)."""
+    the bookkeeping `task` and the voice-activity targets `user_speaking`), laid out by
+    `stream.assemble_window` from blank chunks (one row, broadcast)."""
     s = cfg.stream
     chunks = [
         stream.ChunkPayload(
@@ -149,7 +150,10 @@ def train_batch(cfg: Config) -> dict[str, np.ndarray]:
         )
         for k in range(cfg.train.window_chunks)
     ]
-    row = stream.assemble_window(s, 0, chunks) | {"task": np.zeros((), np.int32)}
+    row = stream.assemble_window(s, 0, chunks) | {
+        "task": np.zeros((), np.int32),
+        "user_speaking": np.zeros((cfg.train.window_chunks,), np.float32),
+    }
     return {k: np.broadcast_to(v, (cfg.train.batch_size, *v.shape)) for k, v in row.items()}
 
 

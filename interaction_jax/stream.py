@@ -452,3 +452,15 @@ def audio_out_entries(kind, audio_index):
     valid = (audio_index >= 0) & (audio_index < T)
     k = jnp.take_along_axis(kind, jnp.clip(audio_index, 0, T - 1), axis=-1)
     return valid & (k == Kind.AUDIO_OUT)
+
+
+def decision_tokens(kind, num_chunks: int):
+    """int32 [..., C]: the index of each chunk's last input token, whose hidden state predicts the chunk's
+    first TEXT_OUT slot: where the model, having heard the chunk, decides whether to speak in it.
+
+    kind int32 [..., T] of a window of `num_chunks` chunks (jnp, jit-friendly)."""
+    kind = jnp.asarray(kind)
+    positions = jnp.arange(kind.shape[-1], dtype=jnp.int32)
+    next_kind = jnp.concatenate([kind[..., 1:], jnp.full_like(kind[..., :1], Kind.PAD)], axis=-1)
+    last_input = (kind != Kind.TEXT_OUT) & (next_kind == Kind.TEXT_OUT)
+    return jnp.sort(jnp.where(last_input, positions, kind.shape[-1]), axis=-1)[..., :num_chunks]

@@ -225,6 +225,7 @@ def test_checks_no_literal_can_refuse_are_still_made():
 MAY_BE_ZERO = {
     "model.shared_expert_mlp",
     "model.dense_every",
+    "model.vap_horizon",
     "stream.fmin",
     "train.seed",
     "train.warmup_steps",
@@ -235,6 +236,7 @@ MAY_BE_ZERO = {
     "train.flow_weight",
     "train.load_balance_weight",
     "train.router_z_weight",
+    "train.vap_weight",
     "train.eval_every",
     "train.behaviour_episodes",
     "serve.temperature",

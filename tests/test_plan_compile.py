@@ -264,6 +264,7 @@ def test_the_train_batch_has_the_shapes_training_feeds():
     batch = aot.train_batch(cfg)
     real = random_batch(cfg.stream, cfg.train.window_chunks, batch=cfg.train.batch_size)
     assert batch.pop("task").shape == (cfg.train.batch_size,)
+    assert batch.pop("user_speaking").shape == (cfg.train.batch_size, cfg.train.window_chunks)
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {k: (v.shape, v.dtype) for k, v in real.items()}
 
 

@@ -59,6 +59,12 @@ def check_across_sections(cfg: Config) -> None:
             f"{kc.moe_block_k} does not divide model.d_model ({m.d_model})",
             "use a divisor of model.d_model",
         )
+    if t.vap_weight and not m.vap_horizon:
+        raise ConfigError(
+            "train.vap_weight",
+            f"{t.vap_weight} weighs a voice-activity projection loss, but the model has no head for it",
+            "set model.vap_horizon to the chunks ahead it should predict (e.g. 10), or train.vap_weight=0",
+        )
     if cfg.serve.calibrate_pad and t.pad_weight == 0:
         raise ConfigError(
             "serve.calibrate_pad",

@@ -157,6 +157,10 @@ class ModelConfig:
     dmel_init: Literal["ordinal", "normal"] = "ordinal"
     flow_hidden: int = 256
     flow_blocks: int = 2
+    # voice-activity projection (Ekstedt & Skantze's VAP): a head reading each chunk's decision state and
+    # predicting whether the user's voice is on in each of the next `vap_horizon` chunks; 0: no head.
+    # Training weighs its loss by train.vap_weight; serving never runs it.
+    vap_horizon: int = setting(0, lower="zero")
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay float32
     # Rematerialisation of each block in the backward pass, named after MaxText's `remat_policy`:
     # none (keep every activation), block / full (recompute the whole block: save only its inputs),
@@ -282,6 +286,8 @@ class TrainConfig:
     # extra weight of the speak-or-stay-silent decision (PAD, SPEAK or DELEGATE targets while the model is
     # silent; stream.text_targets), PAD and the start tokens alike, so the calibration holds
     decision_weight: float = 1.0
+    # weight of the voice-activity projection loss (model.vap_horizon chunks ahead; train/vap.py); 0: off
+    vap_weight: float = setting(0.0, lower="zero")
     flow_weight: float = setting(1.0, lower="zero")
     load_balance_weight: float = setting(0.01, lower="zero")
     router_z_weight: float = setting(0.001, lower="zero")

@@ -96,13 +96,19 @@ def num_windows(num_chunks: int, window_chunks: int) -> int:
 
 
 def windows(
-    payloads: Sequence[stream.ChunkPayload], cfg: StreamConfig, window_chunks: int
+    payloads: Sequence[stream.ChunkPayload],
+    cfg: StreamConfig,
+    window_chunks: int,
+    user_speaking: np.ndarray | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Cut an episode's payloads into windows of `window_chunks` chunks starting at chunk 0.
 
     The last window is padded with `silent_payload` chunks; `loss_mask` float32 [T] is 1 on the
     episode's tokens and 0 on the padding, so padding teaches nothing. Each window is an
-    `stream.assemble_window` dict plus `loss_mask`, at the window's global positions.
+    `stream.assemble_window` dict plus `loss_mask`, at the window's global positions. With `user_speaking`
+    (float32 [len(payloads)], how much of each chunk the user speaks) each window holds its chunks'
+    share as `user_speaking` float32 [window_chunks] (0 on padding): the voice-activity targets
+    (`train/vap.py`).
     """
     if window_chunks <= 0:
         raise ValueError(f"window_chunks must be positive, got {window_chunks}")
@@ -112,6 +118,8 @@ def windows(
             "windows would differ in length"
         )
     n = len(payloads)
+    if user_speaking is not None and np.shape(user_speaking) != (n,):
+        raise ValueError(f"user_speaking has shape {np.shape(user_speaking)}, expected one value per chunk: ({n},)")
     out = []
     for w in range(num_windows(n, window_chunks)):
         start = w * window_chunks
@@ -121,11 +129,26 @@ def windows(
         mask = np.zeros(stream.window_length(cfg, window_chunks), np.float32)
         mask[: stream.chunk_start(cfg, start + real) - stream.chunk_start(cfg, start)] = 1.0
         window["loss_mask"] = mask
+        if user_speaking is not None:
+            window["user_speaking"] = np.zeros(window_chunks, np.float32)
+            window["user_speaking"][:real] = user_speaking[start : start + real]
         out.append(window)
     return out
 
 
+def voice_by_chunk(spans: Sequence[Sequence[float]], num_chunks: int, cfg: StreamConfig) -> np.ndarray:
+    """float32 [num_chunks]: the share of each chunk's time that the [start, end] spans (seconds) cover."""
+    edges = np.arange(num_chunks + 1) * chunk_seconds(cfg)
+    covered = np.zeros(num_chunks, np.float64)
+    for start, end in spans:
+        covered += np.clip(np.minimum(edges[1:], end) - np.maximum(edges[:-1], start), 0.0, None)
+    return np.clip(covered / chunk_seconds(cfg), 0.0, 1.0).astype(np.float32)
+
+
 def episode_windows(ep: Episode, cfg: StreamConfig, window_chunks: int) -> list[dict[str, np.ndarray]]:
-    """`windows(chunk_payloads(ep))`: the training windows of one episode."""
+    """`windows(chunk_payloads(ep))`: the training windows of one episode, with `user_speaking` from its
+    `user_speech` annotation (`voice_by_chunk`; every scenario writes it, an episode made by hand may not)."""
     payloads, _ = chunk_payloads(ep, cfg)
-    return windows(payloads, cfg, window_chunks)
+    spans = ep.annotations.get("user_speech")
+    speaking = None if spans is None else voice_by_chunk(spans, ep.num_chunks, cfg)
+    return windows(payloads, cfg, window_chunks, user_speaking=speaking)

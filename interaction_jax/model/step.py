@@ -134,6 +134,14 @@ def text_logits(params: dict, hidden: jax.Array, *, cfg: Config) -> jax.Array:
     return jnp.where(real, logits, jnp.finfo(jnp.float32).min)
 
 
+def vap_logits(params: dict, hidden: jax.Array, *, cfg: Config) -> jax.Array:
+    """The voice-activity projection head's float32 logits [..., model.vap_horizon] at hidden states
+    [..., D]: whether the user's voice is on in each of the next chunks (needs `model.vap_horizon` > 0)."""
+    if not cfg.model.vap_horizon:
+        raise ValueError("the model has no voice-activity projection head (model.vap_horizon is 0)")
+    return build_model(cfg).apply({"params": params}, hidden, method=InteractionModel.vap_logits)
+
+
 def flow_velocity(params: dict, cond: jax.Array, cfg: Config):
     """The flow head's velocity field conditioned on hidden states `cond` [N, D]: (x_t, t) → v."""
     model = build_model(cfg)

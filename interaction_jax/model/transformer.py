@@ -159,6 +159,8 @@ class InteractionModel(nn.Module):
         self.text_head = Dense(c.vocab_size, ("embed", "vocab"), c.dtype, kernels=kc)
         s = self.stream
         self.flow_head = FlowHead(s.stack * s.n_mels, c.flow_hidden, c.flow_blocks, c.dtype, kc)
+        if c.vap_horizon:
+            self.vap_head = Dense(c.vap_horizon, ("embed", None), c.dtype, use_bias=True, kernels=kc)
 
     def __call__(self, batch: dict, cache: dict, slots: jax.Array):
         """Hidden states [B, T, D] (float32) of `batch` given `cache`; the updated layer caches; aux losses."""
@@ -190,12 +192,17 @@ class InteractionModel(nn.Module):
     def flow_velocity(self, cond: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
         return self.flow_head(cond, x_t, t)
 
+    def vap_logits(self, hidden: jax.Array) -> jax.Array:
+        """Float32 logits [..., vap_horizon]: the user's voice on in each of the next chunks."""
+        return self.vap_head(hidden).astype(jnp.float32)
+
     def init_all(self, batch: dict, cache: dict, slots: jax.Array):
         """Touches every submodule once, so `init` creates all parameters."""
         hidden, _, _ = self(batch, cache, slots)
         cond = hidden[:, 0]
         x = jnp.zeros((cond.shape[0], self.stream.stack * self.stream.n_mels), jnp.float32)
-        return self.text_logits(hidden), self.flow_velocity(cond, x, jnp.zeros(cond.shape[:1]))
+        vap = self.vap_logits(hidden) if self.model.vap_horizon else None
+        return self.text_logits(hidden), self.flow_velocity(cond, x, jnp.zeros(cond.shape[:1])), vap
 
 
 # ----------------------------------------------------------------------------------------------

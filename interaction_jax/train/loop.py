@@ -103,8 +103,9 @@ class HeldOut:
         for batch in self.batches:
             m = self.step_fn(params, sharding.shard_batch(batch, self.mesh, self.cfg.mesh))
             m = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), m)
-            for k in ("loss", "flow"):
-                sums[k] += float(m[k])
+            for k in ("loss", "flow", "vap"):
+                if k in m:  # vap: only with train.vap_weight on
+                    sums[k] += float(m[k])
             rows = m["rows"]
             sums["ce"] += rows["text_ce"].sum()
             sums["weight"] += rows["text_weight"].sum()
@@ -112,6 +113,8 @@ class HeldOut:
                 by_task[int(task)] += (correct, scored)
         n = len(self.batches)
         out = {"loss": sums["loss"] / n, "flow": sums["flow"] / n, "text_ce": sums["ce"] / max(sums["weight"], 1e-6)}
+        if "vap" in sums:
+            out["vap"] = sums["vap"] / n
         correct = sum(v[0] for v in by_task.values())
         scored = sum(v[1] for v in by_task.values())
         out["text_acc"] = correct / max(scored, 1)

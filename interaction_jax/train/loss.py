@@ -1,8 +1,9 @@
-"""The training loss (DESIGN §10): text cross-entropy + λ·flow matching + the MoE aux losses.
+"""The training loss (DESIGN §10): text cross-entropy + λ·flow matching + the MoE aux losses (+ the
+voice-activity projection loss when `train.vap_weight` is on, `train/vap.py`).
 
 It runs the model through `model/step.py` only (`window_forward`, `text_logits`, `flow_loss`); the loss
-weights (`train.pad_weight`, `decision_weight`, `flow_weight`, the aux weights) are training's, so they are
-read here and `model/` knows nothing of them.
+weights (`train.pad_weight`, `decision_weight`, `flow_weight`, `vap_weight`, the aux weights) are
+training's, so they are read here and `model/` knows nothing of them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 from interaction_jax import stream, tokenizer
 from interaction_jax.config import Config
 from interaction_jax.model import step as step_lib
+from interaction_jax.train import vap as vap_lib
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -62,6 +64,10 @@ def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[
     router_z = aux.get("router_z", jnp.float32(0))
     text = text_loss(ce, weights)
     loss = text + t.flow_weight * flow + t.load_balance_weight * load_balance + t.router_z_weight * router_z
+    vap = {}
+    if t.vap_weight:  # off: the loss's program is the one without it
+        vap = {"vap": vap_lib.projection_loss(params, hidden, batch, cfg=cfg)}
+        loss = loss + t.vap_weight * vap["vap"]
     metrics = {
         "loss": loss,
         "text_ce": text,
@@ -69,6 +75,7 @@ def loss_fn(params: dict, batch: dict, rng: jax.Array, *, cfg: Config) -> tuple[
         "flow": flow,
         "load_balance": load_balance,
         "router_z": router_z,
+        **vap,
         # Per-row sums, so evaluation can aggregate by task; the scalars above are their batch totals.
         "rows": {
             "text_ce": jnp.sum(ce * weights, axis=1),
