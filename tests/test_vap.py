@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from interaction_jax import config as config_lib
-from interaction_jax import stream
+from interaction_jax import sharding, stream
 from interaction_jax.data import render
+from interaction_jax.data.bank import LiveClips
 from interaction_jax.data.episode import Episode
 from interaction_jax.model import step as step_lib
 from interaction_jax.testing import random_batch
+from interaction_jax.train import loop, optimizer, state, vap
 from interaction_jax.train import loss as loss_lib
-from interaction_jax.train import vap
 from tests.test_render import synthetic_episode
 from tests.test_train import small_config
 
@@ -119,3 +120,17 @@ def test_the_loss_adds_its_weighted_term_and_trains_the_trunk():
     assert float(jnp.abs(grads["text_head"]["kernel"]).sum()) == 0  # control: the text head plays no part
     with pytest.raises(KeyError, match="no 'user_speaking'"):
         jax.eval_shape(lambda p: loss_lib.loss_fn(p, random_batch(cfg.stream, chunks, 2), rng, cfg=cfg), params)
+
+
+def test_the_held_out_evaluation_reports_the_term_when_it_is_on():
+    """The trainer's held-out evaluation averages the VAP loss over its batches, beside the text CE."""
+
+    def held_out(cfg):
+        opt = optimizer.make_optimizer(cfg.train)
+        mesh = sharding.make_mesh(cfg.mesh)
+        heldout = loop.HeldOut(cfg, LiveClips(), mesh, state.state_shardings(cfg, opt, mesh))
+        return heldout.evaluate(state.init_state(cfg, opt, mesh).params)
+
+    sets = ("train.eval_episodes=2", "train.batch_size=8")  # 18 windows of 5 chunks: two batches
+    on = held_out(small_config(*sets, *VAP, mesh="cpu-1"))
+    assert 0.1 < on["vap"] < 5 and on["loss"] > on["text_ce"]
