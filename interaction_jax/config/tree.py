@@ -158,7 +158,7 @@ class ModelConfig:
     flow_hidden: int = 256
     flow_blocks: int = 2
     # voice-activity projection (Ekstedt & Skantze's VAP): a head reading each chunk's decision state and
-    # predicting whether the user's voice is on in each of the next `vap_horizon` chunks; 0: no head.
+    # predicting the share of each of the next `vap_horizon` chunks the user speaks; 0: no head.
     # Training weighs its loss by train.vap_weight; serving never runs it.
     vap_horizon: int = setting(0, lower="zero")
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay float32

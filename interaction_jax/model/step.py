@@ -136,7 +136,7 @@ def text_logits(params: dict, hidden: jax.Array, *, cfg: Config) -> jax.Array:
 
 def vap_logits(params: dict, hidden: jax.Array, *, cfg: Config) -> jax.Array:
     """The voice-activity projection head's float32 logits [..., model.vap_horizon] at hidden states
-    [..., D]: whether the user's voice is on in each of the next chunks (needs `model.vap_horizon` > 0)."""
+    [..., D]: the share of each of the next chunks the user speaks (needs `model.vap_horizon` > 0)."""
     if not cfg.model.vap_horizon:
         raise ValueError("the model has no voice-activity projection head (model.vap_horizon is 0)")
     return build_model(cfg).apply({"params": params}, hidden, method=InteractionModel.vap_logits)

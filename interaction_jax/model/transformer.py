@@ -193,7 +193,7 @@ class InteractionModel(nn.Module):
         return self.flow_head(cond, x_t, t)
 
     def vap_logits(self, hidden: jax.Array) -> jax.Array:
-        """Float32 logits [..., vap_horizon]: the user's voice on in each of the next chunks."""
+        """Float32 logits [..., vap_horizon]: the share of each of the next chunks the user speaks."""
         return self.vap_head(hidden).astype(jnp.float32)
 
     def init_all(self, batch: dict, cache: dict, slots: jax.Array):
