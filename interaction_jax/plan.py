@@ -22,6 +22,12 @@ from interaction_jax.model import step as step_lib
 ADAM_STATES = 2  # AdamW keeps two float32 moments per parameter
 
 
+def state_copies(cfg: Config) -> int:
+    """Parameter-sized float32 arrays the train state holds beside the parameters: AdamW's two moments,
+    and the parameters' moving average when `train.ema_decay` keeps one."""
+    return ADAM_STATES + (cfg.train.ema_decay > 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     mesh_name: str
@@ -31,7 +37,7 @@ class Plan:
     active_params: int
     expert_params: int
     param_bytes_per_device: float
-    optimizer_bytes_per_device: float
+    optimizer_bytes_per_device: float  # AdamW's moments, and the parameters' moving average if one is kept
     cache_bytes_per_device: float
     cache_sessions: int
     cache_len: int
@@ -52,7 +58,12 @@ class Plan:
             ("active parameters / token", f"{self.active_params / 1e9:,.3f} B"),
             ("expert parameters", f"{self.expert_params / 1e9:,.3f} B"),
             ("params / device (f32)", f"{self.param_bytes_per_device / gib:,.2f} GiB"),
-            ("optimizer / device (AdamW f32)", f"{self.optimizer_bytes_per_device / gib:,.2f} GiB"),
+            (
+                "optimizer / device (AdamW f32)"
+                if self.optimizer_bytes_per_device <= ADAM_STATES * self.param_bytes_per_device
+                else "optimizer / device (AdamW f32 + params' average)",
+                f"{self.optimizer_bytes_per_device / gib:,.2f} GiB",
+            ),
             (
                 f"KV cache / device ({self.cache_sessions} × {self.cache_len} tokens)",
                 f"{self.cache_bytes_per_device / gib:,.2f} GiB",
@@ -116,7 +127,7 @@ def make_plan(cfg: Config, num_devices: int, purpose: Literal["all", "train", "s
         active,
         expert,
         per_device,
-        per_device * ADAM_STATES,
+        per_device * state_copies(cfg),
         cache_bytes,
         sessions,
         cfg.serve.max_len,

@@ -39,7 +39,7 @@ SHARED_FIXTURE_MODULES = {
     f"tests/test_{name}.py"
     for name in (
         *("train_runs", "silence", "eval_cli", "serve", "serve_limits", "eval", "train", "layers", "model"),
-        *("plan_compile", "scan", "alignment", "notebooks", "probe_forward", "decision", "edits"),
+        *("plan_compile", "scan", "alignment", "notebooks", "probe_forward", "decision", "edits", "ema"),
     )
 }
 SOLO_TESTS = {"tests/test_scan.py::test_bitwise_alignment_holds_for_the_scanned_model"}

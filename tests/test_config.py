@@ -119,6 +119,11 @@ def test_tml_small_shape_plan_lands_near_the_published_size():
     # fsdp 32 (16 in a slice × 2 slices) × expert 4 split the experts 128 ways: per-device bytes follow.
     assert plan.param_bytes_per_device < 0.015 * plan.total_params * 4
     assert plan.optimizer_bytes_per_device == 2 * plan.param_bytes_per_device
+    assert "(AdamW f32)" in plan.table()
+    # a moving average of the parameters is one copy more of them
+    averaged = plan_lib.make_plan(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema_decay=0.99)), 128)
+    assert averaged.optimizer_bytes_per_device == 3 * plan.param_bytes_per_device
+    assert "(AdamW f32 + params' average)" in averaged.table()
 
 
 def test_tiny_plan_counts_match_the_real_parameters():
@@ -237,6 +242,7 @@ MAY_BE_ZERO = {
     "train.load_balance_weight",
     "train.router_z_weight",
     "train.vap_weight",
+    "train.ema_decay",
     "train.eval_every",
     "train.behaviour_episodes",
     "serve.temperature",

@@ -291,6 +291,10 @@ class TrainConfig:
     flow_weight: float = setting(1.0, lower="zero")
     load_balance_weight: float = setting(0.01, lower="zero")
     router_z_weight: float = setting(0.001, lower="zero")
+    # decay of an exponential moving average of the parameters kept beside them (TrainState.ema_params):
+    # evaluation, the behaviour probe and every checkpoint reader (`checkpoint.load_params`) use the
+    # average, training the raw parameters; 0: none kept
+    ema_decay: float = setting(0.0, lower="zero")
     grad_accum: int = 1  # microbatches per step: batch_size rows are split into this many, gradients summed
     log_every: int = 10  # steps between metrics lines
     # steps between held-out evaluations (and one at the end); 0: never
@@ -304,6 +308,12 @@ class TrainConfig:
 
     def check(self) -> None:
         check_bounds(self, "train")
+        if self.ema_decay >= 1.0:
+            raise ConfigError(
+                "train.ema_decay",
+                f"{self.ema_decay} would never move the average from the initial parameters",
+                "use a decay in [0, 1): 0.99 averages over about the last 100 steps, 0 keeps no average",
+            )
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 "train.grad_accum",

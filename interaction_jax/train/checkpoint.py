@@ -63,7 +63,8 @@ def _manager(workdir: str | Path, keep: int | None = None, async_save: bool = Tr
 
 
 def check_compatible(saved: dict, cfg: Config, where: Path) -> None:
-    """Raise ConfigError when `saved` (a checkpoint's config) has other parameter shapes than `cfg`."""
+    """Raise ConfigError when `saved` (a checkpoint's config) has other parameter shapes than `cfg`, or
+    keeps a moving average of them where `cfg` does not (or the other way round)."""
     current = config_lib.to_dict(cfg)
     for section in SHAPE_SECTIONS:
         diff = sorted(k for k in current[section] if saved.get(section, {}).get(k) != current[section][k])
@@ -75,6 +76,15 @@ def check_compatible(saved: dict, cfg: Config, where: Path) -> None:
                 f"the checkpoint in {where} was trained with a different {section}: {keys}",
                 "use a fresh --workdir, or the config the checkpoint was written with",
             )
+    kept = saved.get("train", {}).get("ema_decay", 0.0) > 0  # a checkpoint from before the key kept none
+    if kept != (cfg.train.ema_decay > 0):
+        raise ConfigError(
+            "train.ema_decay",
+            f"the checkpoint in {where} holds {'a' if kept else 'no'} moving average of the parameters, "
+            f"and train.ema_decay={cfg.train.ema_decay} {'keeps none' if kept else 'keeps one'}",
+            "resume with the checkpoint's train.ema_decay (any decay > 0 goes on from its average), or use a "
+            "fresh --workdir",
+        )
 
 
 class Checkpoints:
@@ -172,10 +182,11 @@ def load_config(workdir: str | Path, step: int | None = None) -> Config:
         return _saved_config(manager, _latest(manager, workdir, step))
 
 
-def load_params(workdir: str | Path, step: int | None = None) -> tuple[Config, Any, int]:
+def load_params(workdir: str | Path, step: int | None = None, *, average: bool = True) -> tuple[Config, Any, int]:
     """(config, params, step) of a workdir's checkpoint, the params on the default device (for eval/serving).
 
-    Only the parameters are read, not the optimizer state.
+    Only the parameters are read, not the optimizer state: those training evaluated, i.e. their moving
+    average when the run kept one (`train.ema_decay` > 0; `average=False`: the trained ones).
     """
     from interaction_jax.model import step as step_lib
 
@@ -184,6 +195,7 @@ def load_params(workdir: str | Path, step: int | None = None) -> tuple[Config, A
         cfg = _saved_config(manager, step)
         device = SingleDeviceSharding(jax.devices()[0])
         shapes = jax.eval_shape(lambda: step_lib.init_params(cfg, jax.random.key(0)))
-        item = {"params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)}
+        key = "ema_params" if average and cfg.train.ema_decay > 0 else "params"
+        item = {key: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)}
         restored = manager.restore(step, args=ocp.args.Composite(state=_restore_args(item, partial=True)))
-    return cfg, restored["state"]["params"], step
+    return cfg, restored["state"][key], step

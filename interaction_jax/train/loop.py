@@ -235,11 +235,11 @@ def train(
             bar.update(1)
             evaluate = heldout is not None and (step % t.eval_every == 0 or step == t.steps or stopping)
             if evaluate:
-                result = heldout.evaluate(state.params)
+                result = heldout.evaluate(state.eval_params())
                 heldout_loss = result["loss"]
                 log.write(step, "heldout", result)
                 if probe is not None and jax.process_count() == 1:
-                    log.write(step, "behaviour", probe(state.params))
+                    log.write(step, "behaviour", probe(state.eval_params()))
                 tick = time.perf_counter()  # evaluation time is not training time
             if step % t.checkpoint_every == 0 or step == t.steps or stopping:
                 ckpt.save(step, state, data, cfg)

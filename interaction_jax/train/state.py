@@ -1,4 +1,5 @@
-"""The train state — params, optimizer state, step, RNG — created already sharded on a mesh.
+"""The train state — params, optimizer state, step, RNG, and optionally a moving average of the params —
+created already sharded on a mesh.
 
 The RNG is a raw uint32 key (`jax.random.key_data`), so the whole state is plain arrays that orbax saves
 and restores like any other; each step draws `fold_in(rng, step)`, which makes the randomness of a step a
@@ -26,6 +27,13 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # uint32 key data
+    # The exponential moving average of `params` (train.ema_decay > 0), laid out and sharded as they are;
+    # None (no leaves: nothing saved) when none is kept.
+    ema_params: Any = None
+
+    def eval_params(self) -> Any:
+        """The parameters evaluation reads: the average when one is kept, else the trained ones."""
+        return self.params if self.ema_params is None else self.ema_params
 
     def step_rng(self) -> jax.Array:
         """The key of the step about to run: a function of (seed, step) only."""
@@ -37,7 +45,8 @@ def _create(cfg: Config, optimizer: optax.GradientTransformation, rng: jax.Array
     variables = step_lib.init_variables(cfg, init_rng)
     params = variables["params"] if boxed else flax.linen.meta.unbox(variables)["params"]
     opt_state = optimizer.init(flax.linen.meta.unbox(params) if boxed else params)
-    return TrainState(jnp.int32(0), params, opt_state, jax.random.key_data(state_rng))
+    ema = jax.tree.map(jnp.copy, params) if cfg.train.ema_decay > 0 else None  # the average starts at the init
+    return TrainState(jnp.int32(0), params, opt_state, jax.random.key_data(state_rng), ema)
 
 
 def state_shardings(cfg: Config, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
@@ -60,7 +69,7 @@ def state_shardings(cfg: Config, optimizer: optax.GradientTransformation, mesh: 
         transform_non_params=lambda _: replicated,
         is_leaf=lambda x: isinstance(x, NamedSharding),
     )
-    return TrainState(replicated, params, opt, replicated)
+    return TrainState(replicated, params, opt, replicated, params if cfg.train.ema_decay > 0 else None)
 
 
 def abstract_state(cfg: Config, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:

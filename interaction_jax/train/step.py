@@ -1,4 +1,5 @@
-"""`train_step(state, batch) -> (state, metrics)`: one optimizer update over a global batch of windows.
+"""`train_step(state, batch) -> (state, metrics)`: one optimizer update over a global batch of windows
+(and one step of the parameters' moving average, when `train.ema_decay` keeps one).
 
 Built on `train/loss.loss_fn` (over `model/step`, the one forward pass). With `train.grad_accum` = n the
 batch is cut into n microbatches whose gradients are averaged in a `lax.scan`, so a batch that does not fit
@@ -70,7 +71,13 @@ def train_step(state: TrainState, batch: dict, *, cfg: Config, optimizer: optax.
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = metrics | {"grad_norm": optax.tree_utils.tree_norm(grads), "lr": learning_rate(cfg.train)(state.step)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    ema = None if state.ema_params is None else moving_average(state.ema_params, params, cfg.train.ema_decay)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics
+
+
+def moving_average(average, params, decay: float):
+    """One step of the parameters' exponential moving average: decay · average + (1 − decay) · params."""
+    return jax.tree.map(lambda a, p: (decay * a + (1.0 - decay) * p).astype(a.dtype), average, params)
 
 
 def eval_step(params, batch: dict, *, cfg: Config) -> dict:
