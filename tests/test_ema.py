@@ -48,7 +48,8 @@ def test_the_average_is_sharded_as_the_parameters():
     for a, p in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params), strict=True):
         assert a.sharding == p.sharding
         np.testing.assert_array_equal(np.asarray(a), np.asarray(p))  # it starts at the init
-    assert state_lib.init_state(small_config(mesh="cpu-8"), opt, sharding.make_mesh(cfg.mesh)).ema_params is None
+    plain = small_config(mesh="cpu-8")
+    assert state_lib.state_shardings(plain, opt, sharding.make_mesh(cfg.mesh)).ema_params is None
 
 
 @pytest.fixture(scope="module")
