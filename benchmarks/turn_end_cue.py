@@ -153,6 +153,18 @@ def turn_ends_caught(scores: np.ndarray, y: np.ndarray, pause_rate: float) -> fl
     return float(np.mean(scores[y == 1] > threshold))
 
 
+def heldout_row(train_events: int, scores: np.ndarray, y_test: np.ndarray) -> dict:
+    """A read-out's numbers on the held-out silences (`scores` > 0: it says the turn has ended)."""
+    return {
+        "train_events": train_events,
+        "heldout_events": len(y_test),
+        "turn_end_share": float(y_test.mean()),
+        "majority_accuracy": float(max(y_test.mean(), 1 - y_test.mean())),
+        "accuracy": float(np.mean((scores > 0) == y_test)),
+        "turn_ends_caught_at_10pct_pauses": turn_ends_caught(scores, y_test, PAUSE_FALSE_START_BAR),
+    }
+
+
 class ConvReadout(nn.Module):
     """[N, frames, n_mels] → a logit: two dilated convolutions over time, then the mean over the window
     beside the last frames' features (where the end of a phrase is)."""
@@ -195,7 +207,7 @@ def fit_conv(x, y, steps: int, validation=None, seed: int = 0):
     rng = np.random.default_rng(seed)
     curve = []
     for step in range(1, steps + 1):
-        batch = rng.choice(len(y), CONV_BATCH, replace=False)
+        batch = rng.choice(len(y), min(CONV_BATCH, len(y)), replace=False)
         params, state = update(params, state, x[batch], y[batch], jax.random.key(step))
         if validation is not None and step % CONV_EVAL_EVERY == 0:
             curve.append((step, turn_ends_caught(predict(params, validation[0]), validation[1], PAUSE_FALSE_START_BAR)))
@@ -220,18 +232,8 @@ def measure_conv(cfg, train_events, heldout_events, window_ms: int) -> dict:
     best_steps = max(curve, key=lambda c: (c[1], -c[0]))[0]
     predict, _ = fit_conv(x, y, best_steps)
     scores = predict(x_test)
-    return {
-        "window_ms": window_ms,
-        "readout": "conv",
-        "steps": best_steps,
-        "validation_curve": curve,
-        "train_events": len(y),
-        "heldout_events": len(y_test),
-        "turn_end_share": float(y_test.mean()),
-        "majority_accuracy": float(max(y_test.mean(), 1 - y_test.mean())),
-        "accuracy": float(np.mean((scores > 0) == y_test)),
-        "turn_ends_caught_at_10pct_pauses": turn_ends_caught(scores, y_test, PAUSE_FALSE_START_BAR),
-    }
+    row = {"window_ms": window_ms, "readout": "conv", "steps": best_steps, "validation_curve": curve}
+    return row | heldout_row(len(y), scores, y_test)
 
 
 def measure(cfg, train_events, heldout_events, window_ms: int) -> dict:
@@ -244,17 +246,7 @@ def measure(cfg, train_events, heldout_events, window_ms: int) -> dict:
     best_l2 = max(scored)[1]
     w, b = fit_logistic(x, y, best_l2)
     scores = x_test @ w + b
-    return {
-        "window_ms": window_ms,
-        "readout": "linear",
-        "l2": best_l2,
-        "train_events": len(y),
-        "heldout_events": len(y_test),
-        "turn_end_share": float(y_test.mean()),
-        "majority_accuracy": float(max(y_test.mean(), 1 - y_test.mean())),
-        "accuracy": float(np.mean((scores > 0) == y_test)),
-        "turn_ends_caught_at_10pct_pauses": turn_ends_caught(scores, y_test, PAUSE_FALSE_START_BAR),
-    }
+    return {"window_ms": window_ms, "readout": "linear", "l2": best_l2} | heldout_row(len(y), scores, y_test)
 
 
 def model_scores(workdir: str, episodes: int, clips) -> tuple[np.ndarray, np.ndarray, int]:
