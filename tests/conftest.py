@@ -1,5 +1,5 @@
-"""Test session set-up: 8 fake CPU devices for the sharding tests, set before JAX is imported; one
-persistent compilation cache; the slow tests first.
+"""Test session set-up: 8 fake CPU devices for the sharding tests and the CPU compiler's cheaper code
+generation, set before JAX is imported; one persistent compilation cache; the slow tests first.
 
 The compilation cache (`tmp/jax_cache`, unless JAX_COMPILATION_CACHE_DIR is set) is shared by the
 xdist workers and the CLI subprocesses the tests start (they inherit the environment), and kept
@@ -20,20 +20,44 @@ pytest-dev/pytest-xdist#1386.)
 import os
 from pathlib import Path
 
+
+def _xla_has_flag(name: str) -> bool:
+    """Whether the installed jaxlib's XLA defines the flag `name`, read from its shared libraries without
+    loading them: XLA aborts the process on an unknown flag in XLA_FLAGS, so a flag that a later jaxlib
+    drops must not be set there."""
+    import importlib.util
+    import mmap
+
+    spec = importlib.util.find_spec("jaxlib")
+    for folder in spec.submodule_search_locations if spec else ():
+        for library in Path(folder).glob("*.so"):
+            with library.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as image:
+                if image.find(name.encode()) >= 0:
+                    return True
+    return False
+
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 # The CPU backend's LLVM optimisation off, unless XLA_FLAGS sets a level: the suite's programs are small
 # and run a few times, so optimising their machine code costs more than it saves (a scanned model's loss
 # and gradients: 83 s -> 56 s). It changes only how the CPU code is generated, not the HLO's passes.
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+# The CPU backend's legacy fusion emitters, unless XLA_FLAGS chooses: they generate a fusion's code in a
+# third of the time of the newer MLIR emitters, and the suite is mostly compiling (the whole suite on 2
+# cores, fresh cache: 12 min 28 s -> 9 min 5 s; docs/results.md). Like the level above it changes only
+# the code generated for each fusion, not the HLO; the bitwise tests pass either way.
+if "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"] and _xla_has_flag("xla_cpu_use_fusion_emitters"):
+    os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / "tmp" / "jax_cache"))
 # Cache every program, not only those that took a second to compile: most of the suite's programs are
 # small, and each is compiled again by the other worker and by every CLI subprocess otherwise.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import jax
-import pytest
+import jax  # noqa: E402 (after XLA_FLAGS is set)
+import pytest  # noqa: E402
 
 SHARED_FIXTURE_MODULES = {
     f"tests/test_{name}.py"

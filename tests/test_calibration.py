@@ -47,7 +47,7 @@ def test_calibration_recovers_the_true_pad_rate(pad_weight):
     """A synthetic stream whose TEXT_OUT slots are PAD 90% of the time, SPEAK 6% and a byte 4%: the model
     the weighted loss learns over-states speaking; adding log(1/w) to PAD recovers the true rates."""
     rng = np.random.default_rng(0)
-    n = 2_000  # the fit recovers the sample's own rates, so a small sample checks as much
+    n = 500  # the fit recovers the sample's own rates, so a small sample checks as much
     kind = np.tile([stream.Kind.TEXT_IN, stream.Kind.TEXT_OUT], n)
     text = np.full(2 * n, PAD, np.int32)
     draw = rng.choice(3, size=n, p=[0.90, 0.06, 0.04])
@@ -69,7 +69,7 @@ def test_calibration_holds_under_the_decision_weight():
     silent, so the same log(1/w) correction recovers the true rates there. Each drawn slot follows an
     EOT (the model has just finished), so every one is a decision slot."""
     rng = np.random.default_rng(1)
-    n, pad_weight, decision_weight = 2_000, 0.1, 10.0
+    n, pad_weight, decision_weight = 500, 0.1, 10.0
     kind = np.tile([stream.Kind.TEXT_IN, stream.Kind.TEXT_OUT, stream.Kind.TEXT_OUT], n)
     text = np.full(3 * n, PAD, np.int32)
     text[1::3] = tokenizer.EOT

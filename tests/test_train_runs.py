@@ -147,7 +147,10 @@ def _free_port() -> int:
 def test_two_processes_of_four_devices_match_one_of_eight(baseline, tmp_path, env):
     workdir = tmp_path / "run"
     address = f"127.0.0.1:{_free_port()}"
-    env4 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    # four devices a process, and the suite's other compiler flags (tests/conftest.py) kept
+    flags = env["XLA_FLAGS"].replace("device_count=8", "device_count=4")
+    assert "--xla_force_host_platform_device_count=4" in flags
+    env4 = dict(env, XLA_FLAGS=flags)
     procs = [
         subprocess.Popen(
             train_command(
