@@ -679,6 +679,34 @@ def test_embedder_text_only_at_text_kinds(embedder):
     np.testing.assert_allclose(out[0, 6], params["kind"][Kind.PAD], atol=1e-6)
 
 
+def test_an_embedder_that_does_not_hear_its_own_voice_embeds_audio_out_as_its_kind(embedder):
+    """`model.hear_own_voice` off: an AUDIO_OUT token is its kind vector whatever dMel it carries, while an
+    AUDIO_IN token still hears its dMel; the control is an embedder that hears its own voice (the
+    default), which the same change moves at those tokens and nowhere else."""
+    _, params = embedder
+
+    def embedder_hearing(on: bool):
+        cfg = config_lib.override(EMBED_CFG, [f"model.hear_own_voice={str(on).lower()}"])
+        module = embed.Embedder(cfg.model, cfg.stream)
+        return jax.jit(lambda b: module.apply({"params": params}, b))
+
+    deaf, hearing = embedder_hearing(False), embedder_hearing(True)
+    assert EMBED_CFG.model.hear_own_voice
+    batch = _hand_batch()
+    # entry 2 of row 0 and entry 1 of row 1 are at AUDIO_OUT tokens (5 and 6), entry 0 of each at AUDIO_IN
+    own_voice = batch | {"audio": batch["audio"].at[0, 2].set(15 - batch["audio"][0, 2]).at[1, 1].set(0)}
+    heard = batch | {"audio": batch["audio"].at[0, 0].set(15 - batch["audio"][0, 0])}
+    out = np.asarray(deaf(batch))
+    np.testing.assert_array_equal(deaf(own_voice), out)
+    np.testing.assert_allclose(out[0, 5], params["kind"][Kind.AUDIO_OUT], atol=1e-6)
+    np.testing.assert_allclose(out[1, 6], params["kind"][Kind.AUDIO_OUT], atol=1e-6)
+    assert np.abs(np.asarray(deaf(heard))[0, 0] - out[0, 0]).max() > 1e-3
+    moved = np.abs(np.asarray(hearing(own_voice)) - np.asarray(hearing(batch))).max(-1)
+    assert moved[0, 5] > 1e-3 and moved[1, 6] > 1e-3
+    moved[0, 5] = moved[1, 6] = 0
+    assert moved.max() == 0
+
+
 def test_embedder_with_dummy_batch(embedder):
     """`step.dummy_batch` is well formed for the embedder; its text tokens embed as text + TEXT_IN."""
     apply, params = embedder

@@ -155,6 +155,12 @@ class ModelConfig:
     # how the dMel table starts: "ordinal" (a channel's levels ordered along one direction; learns the
     # input's cues several times faster, docs/results.md) or "normal" (independent random vectors)
     dmel_init: Literal["ordinal", "normal"] = "ordinal"
+    # Whether an AUDIO_OUT token carries its dMel into the model (it hears its own voice) or only its
+    # kind. Teacher forcing feeds the data's clean voice there, which gives the word being said away (a
+    # demo model predicts 85% of its next text bytes, 26% with that voice silenced), while served it hears
+    # its own flow output. Off, training and serving see the same thing and the model knows what it says
+    # from its TEXT_OUT tokens alone (docs/data.md; three demo seeds in docs/results.md).
+    hear_own_voice: bool = True
     flow_hidden: int = 256
     flow_blocks: int = 2
     # voice-activity projection (Ekstedt & Skantze's VAP): a head reading each chunk's decision state and

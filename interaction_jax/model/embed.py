@@ -127,9 +127,11 @@ class Embedder(nn.Module):
         is_text = (kind == stream.Kind.TEXT_IN) | (kind == stream.Kind.TEXT_OUT)
         x = jnp.where(is_text[..., None], text_table.astype(dtype)[batch["text"]], 0)
         x = x + kind_table.astype(dtype)[kind]
-        x = scatter_into(
-            x, DMelBag(m.d_model, s, m.dtype, m.dmel_init, name="dmel")(batch["audio"]), batch["audio_index"]
-        )
+        audio = DMelBag(m.d_model, s, m.dtype, m.dmel_init, name="dmel")(batch["audio"])
+        if not m.hear_own_voice:
+            own = stream.audio_out_entries(kind, batch["audio_index"])
+            audio = jnp.where(own[..., None], jnp.zeros_like(audio), audio)
+        x = scatter_into(x, audio, batch["audio_index"])
         if s.video:
             rows = param(self, "patch_row", (s.patch_rows, m.d_model), (None, "embed"), normal)
             cols = param(self, "patch_col", (s.patch_cols, m.d_model), (None, "embed"), normal)
