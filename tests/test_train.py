@@ -8,6 +8,7 @@ import json
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -236,6 +237,19 @@ def test_load_params_reads_config_and_params(saved_on_cpu8):
     assert step == 2 and loaded_cfg == small_config(mesh="cpu-8")
     np.testing.assert_array_equal(np.asarray(params["text_head"]["kernel"]), saved[2][0].params["text_head"]["kernel"])
     assert len(params["text_head"]["kernel"].sharding.device_set) == 1
+
+
+def test_a_checkpoint_from_before_hear_own_voice_is_read_as_the_model_that_heard_it():
+    """`model.hear_own_voice` changes what a model computes, and its default went from on to off: a saved
+    config without the key reads as on, for serving and for resuming, and one that states it keeps it."""
+    cfg = small_config()
+    saved = config_lib.to_dict(cfg)
+    legacy = saved | {"model": {k: v for k, v in saved["model"].items() if k != "hear_own_voice"}}
+    assert not cfg.model.hear_own_voice and checkpoint.config_of_saved(saved) == cfg
+    assert checkpoint.config_of_saved(legacy).model.hear_own_voice
+    with pytest.raises(ConfigError, match=r"different model: model\.hear_own_voice \(True → False\)"):
+        checkpoint.check_compatible(legacy, cfg, Path("run"))
+    checkpoint.check_compatible(legacy, small_config("model.hear_own_voice=true"), Path("run"))
 
 
 def test_metrics_log_cuts_back_to_the_resumed_step(tmp_path):

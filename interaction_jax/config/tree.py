@@ -159,8 +159,9 @@ class ModelConfig:
     # kind. Teacher forcing feeds the data's clean voice there, which gives the word being said away (a
     # demo model predicts 85% of its next text bytes, 26% with that voice silenced), while served it hears
     # its own flow output. Off, training and serving see the same thing and the model knows what it says
-    # from its TEXT_OUT tokens alone (docs/data.md; three demo seeds in docs/results.md).
-    hear_own_voice: bool = True
+    # from its TEXT_OUT tokens alone (docs/data.md; three demo seeds in docs/results.md). A checkpoint
+    # saved before this key existed heard its own voice (`train.checkpoint.as_trained`).
+    hear_own_voice: bool = False
     flow_hidden: int = 256
     flow_blocks: int = 2
     # voice-activity projection (Ekstedt & Skantze's VAP): a head reading each chunk's decision state and

@@ -62,10 +62,24 @@ def _manager(workdir: str | Path, keep: int | None = None, async_save: bool = Tr
     )
 
 
+def as_trained(saved: dict) -> dict:
+    """A checkpoint's saved config dict with the keys added since it was written set as it was trained:
+    only those whose default changes what the model computes (`model.hear_own_voice` was on before)."""
+    model = saved.get("model", {})
+    if "hear_own_voice" not in model:
+        saved = saved | {"model": model | {"hear_own_voice": True}}
+    return saved
+
+
+def config_of_saved(saved: dict) -> Config:
+    """The config a checkpoint was trained with, from its saved config dict."""
+    return config_lib.from_dict(as_trained(saved))
+
+
 def check_compatible(saved: dict, cfg: Config, where: Path) -> None:
     """Raise ConfigError when `saved` (a checkpoint's config) has other parameter shapes than `cfg`, or
     keeps a moving average of them where `cfg` does not (or the other way round)."""
-    current = config_lib.to_dict(cfg)
+    saved, current = as_trained(saved), config_lib.to_dict(cfg)
     for section in SHAPE_SECTIONS:
         diff = sorted(k for k in current[section] if saved.get(section, {}).get(k) != current[section][k])
         if diff:
@@ -173,7 +187,7 @@ def _latest(manager, workdir: str | Path, step: int | None) -> int:
 
 
 def _saved_config(manager, step: int) -> Config:
-    return config_lib.from_dict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    return config_of_saved(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
 
 
 def load_config(workdir: str | Path, step: int | None = None) -> Config:
